@@ -1,0 +1,36 @@
+# `make test` does all set-up on a fresh machine (creates .venv, installs the
+# pinned requirements) and runs the fast test suite; later runs reuse .venv and
+# reinstall only when a requirements file changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all bench clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-build.txt | $(PY)
+	@echo "[setup] installing build requirements (torch first: deepspeed builds against it)"
+	$(PIP) -r requirements-build.txt
+	@echo "[setup] installing runtime and test requirements"
+	$(PIP) --no-build-isolation -r requirements.txt
+	touch $(STAMP)
+
+# Fast suite: everything not marked slow (CUDA tests skip themselves without a GPU).
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/ops.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
