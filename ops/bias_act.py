@@ -129,10 +129,12 @@ def _run_kernel(x, b, dy, cfg: _Config) -> torch.Tensor:
 
 
 def _kernel_torch(x, b, dy, cfg: _Config) -> torch.Tensor:
-    """The kernel's two modes in plain PyTorch, computed in float32 as the kernel does."""
-    v = x.float()
+    """The kernel's two modes in plain PyTorch, computed in float32 as the kernel does
+    (float64 stays float64, so gradcheck can use this)."""
+    ct = torch.promote_types(x.dtype, torch.float32)
+    v = x.to(ct)
     if b is not None:
-        v = v + b.float().reshape([-1 if i == cfg.dim else 1 for i in range(x.ndim)])
+        v = v + b.to(ct).reshape([-1 if i == cfg.dim else 1 for i in range(x.ndim)])
     if cfg.act == "relu":
         a, d = torch.where(v > 0, v, 0.0), (v > 0).float()
     elif cfg.act == "lrelu":
@@ -145,7 +147,7 @@ def _kernel_torch(x, b, dy, cfg: _Config) -> torch.Tensor:
     else:
         if cfg.clamp is not None:
             d = d * ((a >= -cfg.clamp) & (a <= cfg.clamp))
-        out = dy.float() * cfg.gain * d
+        out = dy.to(ct) * cfg.gain * d
     return out.to(x.dtype)
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ops
+
+from ops import upfirdn2d
 from ops.upfirdn2d import _Config, _kernel_filter, _upfirdn2d_ref, _UpFirDn2d
 
 FILTERS = {
@@ -198,30 +199,30 @@ def test_kernel_rejects_oversized_filter(emulator):
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-2), (torch.bfloat16, 8e-2)])
 def test_low_precision_close_to_float32(dtype, tol):
     x = torch.randn(2, 4, 16, 16)
-    f = ops.setup_filter([1, 3, 3, 1])
-    y32 = ops.upfirdn2d(x, f, up=2, padding=(2, 1), impl="ref")
-    y = ops.upfirdn2d(x.to(dtype), f, up=2, padding=(2, 1), impl="ref")
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    y32 = upfirdn2d.upfirdn2d(x, f, up=2, padding=(2, 1), impl="ref")
+    y = upfirdn2d.upfirdn2d(x.to(dtype), f, up=2, padding=(2, 1), impl="ref")
     assert y.dtype == dtype
     torch.testing.assert_close(y.float(), y32, rtol=tol, atol=tol)
 
 
 def test_channels_last_and_noncontiguous_inputs():
     x = torch.randn(2, 4, 12, 12)
-    f = ops.setup_filter([1, 3, 3, 1])
-    y = ops.downsample2d(x, f)
-    torch.testing.assert_close(ops.downsample2d(x.to(memory_format=torch.channels_last), f), y)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    y = upfirdn2d.downsample2d(x, f)
+    torch.testing.assert_close(upfirdn2d.downsample2d(x.to(memory_format=torch.channels_last), f), y)
     big = torch.randn(2, 8, 12, 24)
-    torch.testing.assert_close(ops.downsample2d(big[:, ::2, :, ::2], f), ops.downsample2d(big[:, ::2, :, ::2].contiguous(), f))
+    torch.testing.assert_close(upfirdn2d.downsample2d(big[:, ::2, :, ::2], f), upfirdn2d.downsample2d(big[:, ::2, :, ::2].contiguous(), f))
 
 
 def test_setup_filter_normalises_and_chooses_separable():
-    f = ops.setup_filter([1, 3, 3, 1])
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
     assert f.shape == (4, 4) and torch.isclose(f.sum(), torch.tensor(1.0))
-    g = ops.setup_filter(list(range(1, 9)))
+    g = upfirdn2d.setup_filter(list(range(1, 9)))
     assert g.ndim == 1 and torch.isclose(g.sum(), torch.tensor(1.0))
-    assert ops.setup_filter([1, 3, 3, 1], separable=True).ndim == 1
-    torch.testing.assert_close(ops.setup_filter([1, 2], flip_filter=True, separable=True), torch.tensor([2.0, 1.0]) / 3)
-    torch.testing.assert_close(ops.setup_filter([1, 1], gain=4, separable=True), torch.tensor([1.0, 1.0]))
+    assert upfirdn2d.setup_filter([1, 3, 3, 1], separable=True).ndim == 1
+    torch.testing.assert_close(upfirdn2d.setup_filter([1, 2], flip_filter=True, separable=True), torch.tensor([2.0, 1.0]) / 3)
+    torch.testing.assert_close(upfirdn2d.setup_filter([1, 1], gain=4, separable=True), torch.tensor([1.0, 1.0]))
 
 
 @pytest.mark.parametrize("taps", [[1, 3, 3, 1], [1, 7, 21, 35, 35, 21, 7, 1]])
@@ -229,8 +230,8 @@ def test_helpers_keep_size_ratio_and_mean(taps):
     # Binomial filters: each polyphase component sums to the same value, so
     # upsampling and downsampling preserve a constant.
     x = torch.full((1, 2, 16, 16), 3.0)
-    f = ops.setup_filter(taps, separable=True)
-    up, down, same = ops.upsample2d(x, f), ops.downsample2d(x, f), ops.filter2d(x, f)
+    f = upfirdn2d.setup_filter(taps, separable=True)
+    up, down, same = upfirdn2d.upsample2d(x, f), upfirdn2d.downsample2d(x, f), upfirdn2d.filter2d(x, f)
     assert up.shape[2:] == (32, 32) and down.shape[2:] == (8, 8) and same.shape[2:] == (16, 16)
     # Away from the zero-padded border a normalised filter keeps a constant image.
     for y in (up, down, same):
@@ -239,26 +240,26 @@ def test_helpers_keep_size_ratio_and_mean(taps):
 
 def test_upsample_by_factor_per_axis():
     x = torch.randn(1, 1, 5, 6)
-    y = ops.upsample2d(x, ops.setup_filter([1, 3, 3, 1]), up=(3, 2))
+    y = upfirdn2d.upsample2d(x, upfirdn2d.setup_filter([1, 3, 3, 1]), up=(3, 2))
     assert y.shape[2:] == (10, 18)
 
 
 def test_identity_filter_is_exact():
     x = torch.randn(2, 3, 7, 5)
-    torch.testing.assert_close(ops.upfirdn2d(x, None), x)
-    torch.testing.assert_close(ops.upfirdn2d(x, None, padding=(-1, -2, 0, -3)), x[:, :, :-3, 1:-2])
+    torch.testing.assert_close(upfirdn2d.upfirdn2d(x, None), x)
+    torch.testing.assert_close(upfirdn2d.upfirdn2d(x, None, padding=(-1, -2, 0, -3)), x[:, :, :-3, 1:-2])
 
 
 def test_bad_arguments_raise_clear_errors():
     x = torch.randn(1, 1, 4, 4)
-    f = ops.setup_filter([1, 3, 3, 1])
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
     with pytest.raises(ValueError, match="smaller than the filter"):
-        ops.upfirdn2d(x, f, padding=-1)
+        upfirdn2d.upfirdn2d(x, f, padding=-1)
     with pytest.raises(ValueError, match="factors"):
-        ops.upfirdn2d(x, f, up=0)
+        upfirdn2d.upfirdn2d(x, f, up=0)
     with pytest.raises(ValueError, match="padding"):
-        ops.upfirdn2d(x, f, padding=(1, 2, 3))
+        upfirdn2d.upfirdn2d(x, f, padding=(1, 2, 3))
     with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        ops.upfirdn2d(torch.randn(4, 4), f)
+        upfirdn2d.upfirdn2d(torch.randn(4, 4), f)
     with pytest.raises(ValueError, match="impl"):
-        ops.upfirdn2d(x, f, impl="fast")
+        upfirdn2d.upfirdn2d(x, f, impl="fast")
