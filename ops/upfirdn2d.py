@@ -169,7 +169,7 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up=1, down=1, padding=0,
     # F.pad crops with negative padding.
     x = F.pad(x, [px0, px1, py0, py1])
     # conv2d correlates, so flipping the taps gives a true convolution.
-    f = f.to(x.dtype) * (gain ** (f.ndim / 2))
+    f = f.to(device=x.device, dtype=x.dtype) * (gain ** (f.ndim / 2))
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:

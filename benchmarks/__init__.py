@@ -1,0 +1,1 @@
+"""Timed comparisons; results are written down in benchmarks/RESULTS.md."""

@@ -1,0 +1,1 @@
+"""FID/KID, Cross-Domain Style Mixing and encoder metrics."""

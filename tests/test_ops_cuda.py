@@ -1,0 +1,161 @@
+"""CUDA implementations against the (separately proven) references: forward,
+gradient and gradient of gradient, in float32, float16 and bfloat16, with
+channels_last, non-contiguous and large inputs. Skipped without a GPU.
+
+Tolerances: float32 results agree to 1e-5 (only summation order differs);
+float16 / bfloat16 results are compared with the float32 reference on the same
+(rounded) inputs, within 1e-2 / 4e-2 relative + absolute (one rounding of the
+output; the kernels accumulate in float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ops
+from ops import bias_act, upfirdn2d
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
+DTYPES = list(TOL)
+UFD_CASES = [
+    (1, 1, (1, 2, 1, 2)), (2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (1, 2, 0, 3)),
+    ((3, 1), (1, 2), (2, 0, 1, 1)), (4, 1, (3, 2, 1, 2)), (1, 4, (2, 2, 3, 1)), ((1, 3), (4, 1), (-1, 2, 3, -2)),
+]
+FILTERS = {"binomial4": [1, 3, 3, 1], "taps12": [0.1 * i - 0.4 for i in range(12)], "rect": [[1, 2, -1], [0.5, 3, 1]]}
+
+
+@pytest.fixture(autouse=True)
+def _strict():
+    ops.set_strict(True)  # a failed build must fail these tests, not fall back
+    yield
+    ops.set_strict(None)
+
+
+def _close(a, b, dtype):
+    torch.testing.assert_close(a.float(), b.float(), rtol=TOL[dtype], atol=TOL[dtype] * max(1.0, b.abs().max().item()))
+
+
+def _setup_f(name):
+    return upfirdn2d.setup_filter(FILTERS[name], device="cuda", separable=name == "taps12", normalize=False)
+
+
+def _ufd_three_ways(x, f, kw, dtype):
+    """y, dx and d(dx)/d(dy) for cuda (in dtype) and ref (float32 on the same inputs)."""
+    results = {}
+    for impl, dt in (("cuda", dtype), ("ref", torch.float32)):
+        xi = x.to(dt).detach().requires_grad_()
+        y = upfirdn2d.upfirdn2d(xi, f, impl=impl, **kw)
+        assert ops.last_impl("upfirdn2d") == impl
+        dy = torch.ones_like(y).mul_(0.5).add_(torch.linspace(-1, 1, y.numel(), device=y.device, dtype=dt).reshape(y.shape)).requires_grad_()
+        (dx,) = torch.autograd.grad(y, xi, dy, create_graph=True)
+        (ddy,) = torch.autograd.grad((dx * xi.detach()).sum(), dy)
+        results[impl] = (y, dx, ddy)
+    return results
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("up,down,pad", UFD_CASES)
+@pytest.mark.parametrize("fname", list(FILTERS))
+def test_upfirdn2d_cuda_matches_ref(dtype, up, down, pad, fname):
+    x = torch.randn(2, 3, 19, 23, device="cuda").to(dtype)
+    res = _ufd_three_ways(x, _setup_f(fname), dict(up=up, down=down, padding=pad, gain=1.5), dtype)
+    for got, want in zip(res["cuda"], res["ref"]):
+        assert got.dtype == dtype
+        _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_upfirdn2d_cuda_layouts(dtype):
+    f = _setup_f("binomial4")
+    base = torch.randn(2, 16, 40, 36, device="cuda").to(dtype)
+    for x in (base.to(memory_format=torch.channels_last), base[:, 1::2, 3:-2, ::2], base.transpose(2, 3)):
+        y = upfirdn2d.upsample2d(x, f, impl="cuda")
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, upfirdn2d.upsample2d(x.float(), f, impl="ref"), dtype)
+        xg = x.detach().requires_grad_()
+        (g,) = torch.autograd.grad(upfirdn2d.downsample2d(xg, f, impl="cuda").square().sum(), xg)
+        xr = x.float().detach().requires_grad_()
+        (gr,) = torch.autograd.grad(upfirdn2d.downsample2d(xr, f, impl="ref").square().sum(), xr)
+        _close(g, gr, dtype)
+
+
+def test_upfirdn2d_cuda_large_shapes():
+    f = _setup_f("binomial4")
+    for shape, kw in [((4, 32, 513, 513), dict(padding=1)), ((4, 3, 512, 512), dict(up=2, padding=(2, 1))),
+                      ((2, 64, 512, 512), dict(down=2, padding=(1, 1)))]:
+        x = torch.randn(shape, device="cuda")
+        _close(upfirdn2d.upfirdn2d(x, f, impl="cuda", **kw), upfirdn2d.upfirdn2d(x, f, impl="ref", **kw), torch.float32)
+    x = torch.randn(70000, 1, 8, 8, device="cuda")  # more planes than one grid dimension holds
+    _close(upfirdn2d.filter2d(x, f, impl="cuda"), upfirdn2d.filter2d(x, f, impl="ref"), torch.float32)
+
+
+ACTS = [("linear", None, 1.0, None), ("relu", None, None, 1.0), ("lrelu", 0.2, None, None), ("lrelu", 0.1, 2.0, 0.5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,alpha,gain,clamp", ACTS)
+@pytest.mark.parametrize("shape,dim", [((4, 32, 17, 9), 1), ((8, 512), 1), ((3, 5, 7), 2)])
+def test_bias_act_cuda_matches_ref(dtype, act, alpha, gain, clamp, shape, dim):
+    x = torch.randn(shape, device="cuda").to(dtype)
+    b = torch.randn(shape[dim], device="cuda").to(dtype)  # same rounded values on both sides of the kinks
+    dy0 = torch.randn(shape, device="cuda").to(dtype)
+    out = {}
+    for impl, dt in (("cuda", dtype), ("ref", torch.float32)):
+        xi, bi = x.to(dt).detach().requires_grad_(), b.to(dt).detach().requires_grad_()
+        y = bias_act.bias_act(xi, bi, dim=dim, act=act, alpha=alpha, gain=gain, clamp=clamp, impl=impl)
+        assert ops.last_impl("bias_act") == impl
+        dy = dy0.to(dt).requires_grad_()
+        dx, db = torch.autograd.grad(y, (xi, bi), dy, create_graph=True)
+        (ddy,) = torch.autograd.grad((dx * torch.cos(xi.detach())).sum(), dy)
+        out[impl] = (y, dx, db, ddy)
+    for got, want in zip(out["cuda"], out["ref"]):
+        _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_act_cuda_layouts(dtype):
+    base = torch.randn(2, 16, 12, 10, device="cuda").to(dtype)
+    for x, b in ((base.to(memory_format=torch.channels_last), torch.randn(16, device="cuda")),
+                 (base[:, ::2, 1:, ::3], torch.randn(8, device="cuda"))):
+        y = bias_act.bias_act(x, b, act="lrelu", clamp=1.0, impl="cuda")
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            assert y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, bias_act.bias_act(x.float(), b, act="lrelu", clamp=1.0, impl="ref"), dtype)
+
+
+def test_bias_act_cuda_large_tensor():
+    x = torch.randn(4, 64, 512, 512, device="cuda")  # 256 MiB
+    b = torch.randn(64, device="cuda")
+    _close(bias_act.bias_act(x, b, act="lrelu", impl="cuda"), bias_act.bias_act(x, b, act="lrelu", impl="ref"), torch.float32)
+
+
+@pytest.mark.slow
+def test_bias_act_cuda_64bit_indexing():
+    x = torch.randn(2**31 + 4096, device="cuda", dtype=torch.float16).reshape(-1, 4096)
+    b = torch.randn(4096, device="cuda", dtype=torch.float16)
+    y = bias_act.bias_act(x, b, act="lrelu", impl="cuda")
+    tail = slice(-3, None)
+    _close(y[tail], bias_act.bias_act(x[tail].float(), b.float(), act="lrelu", impl="ref"), torch.float16)
+
+
+def test_r1_penalty_through_both_ops_matches_ref():
+    """A tiny D-like net: R1 gradient penalty and its parameter gradients agree."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 3, 3, 3, device="cuda", requires_grad=True)
+    b = torch.zeros(8, device="cuda", requires_grad=True)
+    f = _setup_f("binomial4")
+    img = torch.randn(4, 3, 32, 32, device="cuda")
+    grads = {}
+    for impl in ("cuda", "ref"):
+        x = img.clone().requires_grad_()
+        h = torch.nn.functional.conv2d(upfirdn2d.filter2d(x, f, impl=impl), w, padding=1)
+        h = bias_act.bias_act(h, b, act="lrelu", impl=impl)
+        logits = upfirdn2d.downsample2d(h, f, impl=impl).mean([1, 2, 3])
+        (gx,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        grads[impl] = torch.autograd.grad(gx.square().sum(), (w, b))
+    for got, want in zip(grads["cuda"], grads["ref"]):
+        _close(got, want, torch.float32)
