@@ -14,9 +14,12 @@ import warnings
 from collections import Counter
 from typing import Callable
 
+import torch
+
 from ._build import OpsBuildError
 
 IMPLS = ("auto", "cuda", "ref")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the CUDA kernels instantiate
 
 _strict: bool | None = None
 _warned: set[str] = set()

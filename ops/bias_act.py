@@ -56,12 +56,14 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
 
     ``alpha``/``gain`` default per activation (see ACTIVATIONS); ``clamp`` None
     means no clamping. ``b`` is cast to ``x.dtype`` (mixed-precision layers keep
-    float32 biases). ``impl``: "auto", "cuda" or "ref" (see ``ops._dispatch``).
+    float32 biases). ``impl``: "auto", "cuda" or "ref" (see ``ops._dispatch``);
+    dtypes the kernel lacks (float64) run the reference under ``auto``.
     """
     cfg = _make_config(x, b, dim, act, alpha, gain, clamp)
     if b is not None:
         b = b.to(x.dtype)
-    impl = _dispatch.resolve("bias_act", impl, x.device.type, _plugin)
+    impl = _dispatch.resolve("bias_act", impl, x.device.type, _plugin,
+                             cuda_supported=x.dtype in _dispatch.KERNEL_DTYPES)
     if impl == "cuda":
         return _BiasAct.apply(x, b, cfg)
     return _bias_act_ref(x, b, cfg.dim, cfg.act, cfg.alpha, cfg.gain, cfg.clamp)

@@ -99,8 +99,8 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | tuple[int, int]
     ``f``: 1-D (separable) or 2-D filter, or None for identity. ``up``/``down``:
     factor per axis (int or (x, y)). ``padding``: int, (x, y) or (x0, x1, y0, y1),
     negative crops. ``impl``: "auto", "cuda" or "ref" (see ``ops._dispatch``).
-    The CUDA path gives no gradient to ``f``; a filter that requires one makes
-    ``auto`` use the reference.
+    Cases the kernel does not cover (float64, filters over 64 taps a side, a
+    filter that requires a gradient) run the reference under ``auto``.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"upfirdn2d expects x of shape [N, C, H, W], got {getattr(x, 'shape', x)}")
@@ -108,10 +108,16 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | tuple[int, int]
         f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
     cfg = _Config.make(x, f, up, down, padding, flip_filter, gain)
     impl = _dispatch.resolve("upfirdn2d", impl, x.device.type, _plugin,
-                             cuda_supported=not f.requires_grad)
+                             cuda_supported=_cuda_supports(x, f))
     if impl == "cuda":
         return _UpFirDn2d.apply(x, f, cfg)
     return _upfirdn2d_ref(x, f, cfg.up, cfg.down, cfg.pad, flip_filter, gain)
+
+
+def _cuda_supports(x: torch.Tensor, f: torch.Tensor) -> bool:
+    """Cases the kernel covers: its dtypes, filters up to 64 taps a side (shared
+    memory), and filters that need no gradient."""
+    return x.dtype in _dispatch.KERNEL_DTYPES and max(_filter_size(f)) <= 64 and not f.requires_grad
 
 
 def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: int | tuple[int, ...] = 0,

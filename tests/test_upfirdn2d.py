@@ -250,6 +250,15 @@ def test_identity_filter_is_exact():
     torch.testing.assert_close(upfirdn2d.upfirdn2d(x, None, padding=(-1, -2, 0, -3)), x[:, :, :-3, 1:-2])
 
 
+def test_kernel_coverage_decides_auto():
+    x = torch.randn(1, 1, 8, 8)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    assert upfirdn2d._cuda_supports(x, f) and upfirdn2d._cuda_supports(x.half(), f)
+    assert not upfirdn2d._cuda_supports(x.double(), f)
+    assert not upfirdn2d._cuda_supports(x, torch.ones(65, 3))
+    assert not upfirdn2d._cuda_supports(x, f.clone().requires_grad_())
+
+
 def test_bad_arguments_raise_clear_errors():
     x = torch.randn(1, 1, 4, 4)
     f = upfirdn2d.setup_filter([1, 3, 3, 1])
