@@ -12,9 +12,9 @@ implementation ran is queryable with ``last_impl(op)`` and ``impl_counts()``.
 from . import bias_act, upfirdn2d
 from ._build import OpsBuildError
 from ._dispatch import (OpsFallbackWarning, impl_counts, is_strict, last_impl, reset_records,
-                        set_strict)
+                        set_default_impl, set_strict)
 
 __all__ = [
     "OpsBuildError", "OpsFallbackWarning", "bias_act", "impl_counts", "is_strict", "last_impl",
-    "reset_records", "set_strict", "upfirdn2d",
+    "reset_records", "set_default_impl", "set_strict", "upfirdn2d",
 ]

@@ -22,6 +22,7 @@ IMPLS = ("auto", "cuda", "ref")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the CUDA kernels instantiate
 
 _strict: bool | None = None
+_default_impl = "auto"
 _warned: set[str] = set()
 _last: dict[str, str] = {}
 _counts: Counter[tuple[str, str]] = Counter()
@@ -35,6 +36,15 @@ def set_strict(flag: bool | None) -> None:
     """Make a failed CUDA build an error under ``auto`` (None: follow the environment)."""
     global _strict
     _strict = flag
+
+
+def set_default_impl(impl: str) -> None:
+    """What ``impl="auto"`` means process-wide: "auto" (default), "cuda" or "ref".
+    Lets a benchmark or a config choose for every layer without threading ``impl``."""
+    global _default_impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    _default_impl = impl
 
 
 def is_strict() -> bool:
@@ -52,6 +62,8 @@ def resolve(op: str, impl: str, device_type: str, load: Callable[[], object],
     """
     if impl not in IMPLS:
         raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = _default_impl
     if impl == "ref":
         return _record(op, "ref")
     if impl == "cuda":

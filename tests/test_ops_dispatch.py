@@ -29,9 +29,11 @@ def _clean_state(monkeypatch, tmp_path):
     _build._cache.clear()
     _dispatch.reset_records()
     _dispatch.set_strict(None)
+    _dispatch.set_default_impl("auto")
     yield
     _build._cache.clear()
     _dispatch.set_strict(None)
+    _dispatch.set_default_impl("auto")
 
 
 def _fake_gpu(monkeypatch, load):
@@ -70,6 +72,19 @@ def test_auto_on_cpu_uses_ref_and_cuda_on_cpu_is_an_error():
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         upfirdn2d.upfirdn2d(x, None, impl="cuda")
     assert ops.impl_counts() == {"bias_act": {"ref": 1}, "upfirdn2d": {"ref": 1}}
+
+
+def test_default_impl_redirects_auto_only():
+    x = torch.randn(1, 2, 4, 4)
+    ops.set_default_impl("cuda")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        bias_act.bias_act(x)  # auto now means cuda
+    assert torch.equal(bias_act.bias_act(x, impl="ref"), x)  # explicit impl still wins
+    ops.set_default_impl("ref")
+    bias_act.bias_act(x)
+    assert ops.last_impl("bias_act") == "ref"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops.set_default_impl("fast")
 
 
 def test_fallback_warns_once_and_strict_mode_raises():

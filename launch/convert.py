@@ -1,0 +1,48 @@
+"""Converts StyleGAN2 checkpoints between formats.
+
+    python -m launch.convert --src stylegan2-ffhq-config-f.pkl --dst ffhq.pt --to rosinality
+    python -m launch.convert --src ffhq.pt --dst ffhq.toonmix.pt --to toonmix
+
+Reads rosinality ``.pt``, NVlabs stylegan2-ada-pytorch / stylegan3 (StyleGAN2
+config) ``.pkl`` and our format (detected, or forced with ``--from``); writes
+rosinality or ours. NVlabs pickles are not written: they must carry NVlabs'
+network source code. G_ema, G and D are carried over when present; so are
+rosinality's ``args``, ``ada_aug_p`` and optimizer states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.model_io import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, type=Path, help="checkpoint to read")
+    p.add_argument("--dst", required=True, type=Path, help="file to write (replaced atomically)")
+    p.add_argument("--to", required=True, choices=["rosinality", "toonmix"], help="output format")
+    p.add_argument("--from", dest="src_format", choices=["rosinality", "nvlabs", "toonmix"],
+                   help="input format (default: detected)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.src.resolve() == args.dst.resolve():
+        raise SystemExit("error: --dst must differ from --src")
+    try:
+        ck = load_checkpoint(args.src, args.src_format)
+        save_checkpoint(args.dst, args.to, g_ema=ck.g_ema, g=ck.g, d=ck.d, extra=ck.extra)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    parts = [n for n, m in (("g_ema", ck.g_ema), ("g", ck.g), ("d", ck.d)) if m is not None]
+    print(f"[convert] {args.src} ({ck.format}) -> {args.dst} ({args.to}): {', '.join(parts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

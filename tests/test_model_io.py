@@ -1,0 +1,187 @@
+"""Checkpoint formats: round trips with identical outputs, detection, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+
+import pytest
+import torch
+
+from tests.nvlabs_pickle import write_nvlabs_pickle
+from trainer.model_io import (ArchitectureMismatch, CheckpointError, UnsafeCheckpointError,
+                              detect_format, load_checkpoint, save_checkpoint)
+from trainer.networks import Discriminator, Generator
+
+
+@pytest.fixture
+def nets():
+    G = Generator(size=16, style_dim=8, n_mlp=2, channel_max=8, channel_multiplier=1 / 256)
+    G.update_w_avg(256)
+    g = Generator(G.cfg)
+    g.load_state_dict(G.state_dict())
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # g_ema differs from g, noise strengths non-zero
+    D = Discriminator(size=16, channel_max=8, channel_multiplier=1 / 256)
+    return G, g, D
+
+
+def same_outputs(a: Generator, b: Generator) -> bool:
+    z = torch.randn(3, a.style_dim)
+    return torch.equal(a(z, noise_mode="const", truncation_psi=0.7), b(z, noise_mode="const", truncation_psi=0.7))
+
+
+def same_logits(a: Discriminator, b: Discriminator) -> bool:
+    x = torch.randn(4, 3, a.cfg.size, a.cfg.size)
+    return torch.equal(a(x), b(x))
+
+
+def test_rosinality_round_trip_and_layout(tmp_path, nets):
+    G, g, D = nets
+    path = save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G, g=g, d=D,
+                           extra={"args": {"size": 16, "channel_multiplier": 1 / 256}, "ada_aug_p": 0.25})
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        raw = torch.load(path, weights_only=True)
+    assert set(raw) == {"g_ema", "g", "d", "latent_avg", "args", "ada_aug_p"}
+    assert isinstance(raw["args"], argparse.Namespace)
+    assert raw["g_ema"]["conv1.conv.weight"].shape == (1, 8, 8, 3, 3)
+    assert raw["g_ema"]["to_rgb1.bias"].shape == (1, 3, 1, 1) and "w_avg" not in raw["g_ema"]
+    assert raw["d"]["final_conv.0.weight"].shape[1] == 8 + 1
+    ck = load_checkpoint(path)
+    assert ck.format == "rosinality" and detect_format(path) == "rosinality"
+    assert same_outputs(G, ck.g_ema) and same_outputs(g, ck.g) and same_logits(D, ck.d)
+    assert ck.extra["ada_aug_p"] == 0.25 and ck.extra["args"]["size"] == 16
+
+
+def test_rosinality_without_latent_avg_computes_it(tmp_path, nets):
+    G, _, _ = nets
+    sd = {k: v for k, v in G.state_dict().items() if k != "w_avg"}
+    torch.save({"g_ema": sd}, tmp_path / "conv.pt")
+    ck = load_checkpoint(tmp_path / "conv.pt")
+    assert torch.isfinite(ck.g_ema.w_avg).all()
+    assert torch.allclose(ck.g_ema.w_avg, G.w_avg, atol=0.3)  # the same mapping, sampled
+    assert ck.g is None and ck.d is None
+
+
+def test_native_round_trip(tmp_path, nets):
+    G, g, D = nets
+    path = save_checkpoint(tmp_path / "n.pt", "toonmix", g_ema=G, g=g, d=D, extra={"kimg": 12.5})
+    assert detect_format(path) == "toonmix"
+    ck = load_checkpoint(path)
+    assert ck.format == "toonmix" and ck.extra == {"kimg": 12.5}
+    assert ck.g_ema.cfg == G.cfg
+    assert same_outputs(G, ck.g_ema) and same_outputs(g, ck.g) and same_logits(D, ck.d)
+
+
+def test_nvlabs_pickle_import_runs_no_embedded_code(tmp_path, nets):
+    G, g, D = nets
+    marker = tmp_path / "executed"
+    write_nvlabs_pickle(tmp_path / "n.pkl", G=g, G_ema=G, D=D, marker=str(marker), lr_mlp=0.01)
+    assert detect_format(tmp_path / "n.pkl") == "nvlabs"
+    ck = load_checkpoint(tmp_path / "n.pkl")
+    assert not marker.exists()
+    assert ck.g_ema.cfg.n_mlp == 2 and ck.g_ema.cfg.lr_mlp == 0.01 and ck.g_ema.cfg.channel_max == 8
+    assert same_outputs(G, ck.g_ema) and same_outputs(g, ck.g) and same_logits(D, ck.d)
+    assert torch.equal(ck.g_ema.w_avg, G.w_avg)
+
+
+def test_nvlabs_mapping_depth_and_lr_are_read_from_the_pickle(tmp_path):
+    G = Generator(size=8, style_dim=6, n_mlp=3, lr_mlp=0.1, channel_max=4)
+    G.update_w_avg(64)
+    write_nvlabs_pickle(tmp_path / "n.pkl", G_ema=G, lr_mlp=0.1)
+    ck = load_checkpoint(tmp_path / "n.pkl")
+    assert (ck.g_ema.cfg.n_mlp, ck.g_ema.cfg.style_dim, ck.g_ema.cfg.lr_mlp) == (3, 6, 0.1)
+    assert same_outputs(G, ck.g_ema)
+
+
+def test_conversion_chain_keeps_outputs(tmp_path, nets):
+    G, _, D = nets
+    write_nvlabs_pickle(tmp_path / "a.pkl", G_ema=G, D=D)
+    a = load_checkpoint(tmp_path / "a.pkl")
+    save_checkpoint(tmp_path / "b.pt", "rosinality", g_ema=a.g_ema, d=a.d)
+    b = load_checkpoint(tmp_path / "b.pt")
+    save_checkpoint(tmp_path / "c.pt", "toonmix", g_ema=b.g_ema, d=b.d)
+    c = load_checkpoint(tmp_path / "c.pt")
+    assert same_outputs(G, c.g_ema) and same_logits(D, c.d)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path, nets):
+    G, _, _ = nets
+    path = save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    write_nvlabs_pickle(tmp_path / "n.pkl", G_ema=G)
+    data = (tmp_path / "n.pkl").read_bytes()
+    (tmp_path / "cut.pkl").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pkl")
+
+
+def test_missing_empty_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "img.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 32)
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        load_checkpoint(tmp_path / "img.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="unknown checkpoint layout"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_wrong_architecture_lists_every_difference(tmp_path, nets):
+    G, _, _ = nets
+    sd = {k: v for k, v in G.state_dict().items() if k != "w_avg"}
+    del sd["convs.1.noise.weight"]
+    sd["convs.0.conv.modulation.bias"] = torch.ones(5)
+    sd["extra.weight"] = torch.ones(1)
+    torch.save({"g_ema": sd}, tmp_path / "bad.pt")
+    with pytest.raises(ArchitectureMismatch) as info:
+        load_checkpoint(tmp_path / "bad.pt")
+    msg = str(info.value)
+    assert "convs.1.noise.weight" in msg and "extra.weight" in msg
+    assert "convs.0.conv.modulation.bias: checkpoint [5] vs model [8]" in msg
+    assert info.value.missing == ["convs.1.noise.weight"] and info.value.unexpected == ["extra.weight"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + os.environ.get("EVIL_MARKER", "/tmp/evil-marker"),))
+
+
+def test_pickles_with_code_are_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"G_ema": _Evil()}, f)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle"):
+        load_checkpoint(tmp_path / "evil.pkl")
+    torch.save({"g_ema": {}, "args": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UnsafeCheckpointError, match="allow-list"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_failed_save_keeps_the_existing_file(tmp_path, nets, monkeypatch):
+    G, _, _ = nets
+    path = save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, "rosinality", g_ema=G)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["r.pt"]
+    with pytest.raises(CheckpointError, match="NVlabs"):
+        save_checkpoint(tmp_path / "x.pkl", "nvlabs", g_ema=G)
