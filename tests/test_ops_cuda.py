@@ -34,7 +34,7 @@ def _strict():
     ops.set_strict(None)
 
 
-def _close(a, b, dtype):
+def assert_close_tol(a, b, dtype):
     torch.testing.assert_close(a.float(), b.float(), rtol=TOL[dtype], atol=TOL[dtype] * max(1.0, b.abs().max().item()))
 
 
@@ -64,7 +64,7 @@ def test_upfirdn2d_cuda_matches_ref(dtype, up, down, pad, fname):
     res = _ufd_three_ways(x, _setup_f(fname), dict(up=up, down=down, padding=pad, gain=1.5), dtype)
     for got, want in zip(res["cuda"], res["ref"]):
         assert got.dtype == dtype
-        _close(got, want, dtype)
+        assert_close_tol(got, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -75,12 +75,12 @@ def test_upfirdn2d_cuda_layouts(dtype):
         y = upfirdn2d.upsample2d(x, f, impl="cuda")
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             assert y.is_contiguous(memory_format=torch.channels_last)
-        _close(y, upfirdn2d.upsample2d(x.float(), f, impl="ref"), dtype)
+        assert_close_tol(y, upfirdn2d.upsample2d(x.float(), f, impl="ref"), dtype)
         xg = x.detach().requires_grad_()
         (g,) = torch.autograd.grad(upfirdn2d.downsample2d(xg, f, impl="cuda").square().sum(), xg)
         xr = x.float().detach().requires_grad_()
         (gr,) = torch.autograd.grad(upfirdn2d.downsample2d(xr, f, impl="ref").square().sum(), xr)
-        _close(g, gr, dtype)
+        assert_close_tol(g, gr, dtype)
 
 
 def test_upfirdn2d_cuda_large_shapes():
@@ -88,9 +88,9 @@ def test_upfirdn2d_cuda_large_shapes():
     for shape, kw in [((4, 32, 513, 513), dict(padding=1)), ((4, 3, 512, 512), dict(up=2, padding=(2, 1))),
                       ((2, 64, 512, 512), dict(down=2, padding=(1, 1)))]:
         x = torch.randn(shape, device="cuda")
-        _close(upfirdn2d.upfirdn2d(x, f, impl="cuda", **kw), upfirdn2d.upfirdn2d(x, f, impl="ref", **kw), torch.float32)
+        assert_close_tol(upfirdn2d.upfirdn2d(x, f, impl="cuda", **kw), upfirdn2d.upfirdn2d(x, f, impl="ref", **kw), torch.float32)
     x = torch.randn(70000, 1, 8, 8, device="cuda")  # more planes than one grid dimension holds
-    _close(upfirdn2d.filter2d(x, f, impl="cuda"), upfirdn2d.filter2d(x, f, impl="ref"), torch.float32)
+    assert_close_tol(upfirdn2d.filter2d(x, f, impl="cuda"), upfirdn2d.filter2d(x, f, impl="ref"), torch.float32)
 
 
 ACTS = [("linear", None, 1.0, None), ("relu", None, None, 1.0), ("lrelu", 0.2, None, None), ("lrelu", 0.1, 2.0, 0.5)]
@@ -113,7 +113,7 @@ def test_bias_act_cuda_matches_ref(dtype, act, alpha, gain, clamp, shape, dim):
         (ddy,) = torch.autograd.grad((dx * torch.cos(xi.detach())).sum(), dy)
         out[impl] = (y, dx, db, ddy)
     for got, want in zip(out["cuda"], out["ref"]):
-        _close(got, want, dtype)
+        assert_close_tol(got, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -124,13 +124,13 @@ def test_bias_act_cuda_layouts(dtype):
         y = bias_act.bias_act(x, b, act="lrelu", clamp=1.0, impl="cuda")
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             assert y.is_contiguous(memory_format=torch.channels_last)
-        _close(y, bias_act.bias_act(x.float(), b, act="lrelu", clamp=1.0, impl="ref"), dtype)
+        assert_close_tol(y, bias_act.bias_act(x.float(), b, act="lrelu", clamp=1.0, impl="ref"), dtype)
 
 
 def test_bias_act_cuda_large_tensor():
     x = torch.randn(4, 64, 512, 512, device="cuda")  # 256 MiB
     b = torch.randn(64, device="cuda")
-    _close(bias_act.bias_act(x, b, act="lrelu", impl="cuda"), bias_act.bias_act(x, b, act="lrelu", impl="ref"), torch.float32)
+    assert_close_tol(bias_act.bias_act(x, b, act="lrelu", impl="cuda"), bias_act.bias_act(x, b, act="lrelu", impl="ref"), torch.float32)
 
 
 @pytest.mark.slow
@@ -139,7 +139,7 @@ def test_bias_act_cuda_64bit_indexing():
     b = torch.randn(4096, device="cuda", dtype=torch.float16)
     y = bias_act.bias_act(x, b, act="lrelu", impl="cuda")
     tail = slice(-3, None)
-    _close(y[tail], bias_act.bias_act(x[tail].float(), b.float(), act="lrelu", impl="ref"), torch.float16)
+    assert_close_tol(y[tail], bias_act.bias_act(x[tail].float(), b.float(), act="lrelu", impl="ref"), torch.float16)
 
 
 def test_r1_penalty_through_both_ops_matches_ref():
@@ -158,4 +158,4 @@ def test_r1_penalty_through_both_ops_matches_ref():
         (gx,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
         grads[impl] = torch.autograd.grad(gx.square().sum(), (w, b))
     for got, want in zip(grads["cuda"], grads["ref"]):
-        _close(got, want, torch.float32)
+        assert_close_tol(got, want, torch.float32)

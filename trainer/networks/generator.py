@@ -9,6 +9,7 @@ StyleSpace (``stylespace.py``) derives its table from this code by tracing it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -197,7 +198,7 @@ class Generator(nn.Module):
         noise = noise if noise is not None else self.make_noise(batch, noise_mode, device)
         if len(noise) != self.num_layers:
             raise ValueError(f"noise must have {self.num_layers} entries, got {len(noise)}")
-        counter = iter(range(10 ** 6))
+        counter = itertools.count()
 
         def s(layer: nn.Module, w_index: int) -> torch.Tensor:
             k = next(counter)
