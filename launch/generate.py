@@ -18,23 +18,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from launch._args import int_list
 from trainer.imageio import grid, save_png, to_uint8
 from trainer.model_io import CheckpointError, load_checkpoint
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0-7" / "1,5,9" / "0-3,10" -> list of ints."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                a, b = part.split("-", 1)
-                seeds += list(range(int(a), int(b) + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must look like 0-7 or 1,5,9, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
+    """"0-7" / "1,5,9" / "0-3,10" -> non-negative seeds."""
+    seeds = int_list(text)
+    if min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
     return seeds
 

@@ -1,0 +1,366 @@
+"""Streaming shards to every rank: a resampled training stream and an exactly-once evaluation pass.
+
+Training. Each (rank, worker) pair is a *slot* with its own endless stream,
+a pure function of (seed, slot, number of slots, position), so no rank ever
+waits for another and every rank yields as many batches as it is asked for.
+A slot's stream is a sequence of *blocks*: block j reads ``shards_per_block``
+shards (slot g's q-th shard is position q*S+g of a seeded permutation of all
+shards, a fresh permutation per round), interleaves their members at random
+and passes them through a shuffle buffer that is drained at the end of the
+block. Blocks are independent, so the stream is resumable from (block, offset):
+resuming re-reads at most one block's bytes without decoding them, and yields
+exactly the batches an uninterrupted run would have yielded next.
+
+Evaluation. Samples are numbered in manifest order; rank r takes the
+contiguous range [r*N/W, (r+1)*N/W), its workers split that range, and every
+batch carries the sample indices, so results can be gathered in a fixed order.
+
+Decoding (and the optional x-flip) happens in DataLoader worker processes;
+batches travel as uint8 NCHW (channels-last memory) and ``to_device`` makes
+them float in [-1, 1] on the device. The loader is never given to
+``accelerator.prepare``: that would make rank 0 read for everyone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .errors import DataError
+from .images import decode_array
+from .remote import check_url, join, open_url, read_json
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class LoaderConfig:
+    """What to stream and how."""
+
+    data: str
+    """Shard folder (local or fsspec URL) holding manifest.json, or the manifest's own URL."""
+    batch_size: int = 8
+    """Images per batch on each rank."""
+    workers: int = 2
+    """Decoding processes per rank (0: decode in the training process)."""
+    seed: int = 0
+    """Seeds shard order, interleaving, shuffling and flips."""
+    xflip: bool = False
+    """Mirror each training image with probability 0.5 (never in evaluation)."""
+    shuffle_buffer: int = 256
+    """Undecoded samples held per worker for shuffling (memory: this x the mean sample size)."""
+    shards_per_block: int = 4
+    """Shards read at once and interleaved by a worker; also bounds the re-read on resume."""
+    epoch_samples: int | None = None
+    """If set, one ``iter()`` yields ceil(epoch_samples / (world * batch)) batches on every rank."""
+    allow_pipe: bool = False
+    """Allow ``pipe:`` shard URLs (shell commands); only for shard lists you wrote."""
+    pin_memory: bool = False
+    """Pin batches in page-locked memory (for asynchronous copies to a GPU)."""
+    prefetch: int = 2
+    """Batches each worker prepares ahead."""
+
+
+class ShardSet(NamedTuple):
+    urls: tuple[str, ...]
+    counts: tuple[int, ...]
+    labels: tuple[str, ...]
+    image_size: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def load_shard_set(data: str, allow_pipe: bool = False) -> ShardSet:
+    """Reads the manifest next to the shards (or at ``data`` if it names a .json file)."""
+    url = data if data.endswith(".json") else join(data, "manifest.json")
+    base = url.rsplit("/", 1)[0] if "/" in url else "."
+    try:
+        m = read_json(url)
+    except FileNotFoundError:
+        raise DataError(f"no manifest at {url}: write shards with `python -m launch.make_shards`") from None
+    try:
+        urls = tuple(s["name"] if "://" in s["name"] or s["name"].startswith(("pipe:", "/"))
+                     else join(base, s["name"]) for s in m["shards"])
+        shard_set = ShardSet(urls, tuple(int(s["count"]) for s in m["shards"]),
+                             tuple(m.get("labels", ())), int(m["image_size"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{url} is not a shard manifest: {e!r}") from None
+    for u in shard_set.urls:
+        check_url(u, allow_pipe)
+    if not shard_set.urls or shard_set.total == 0:
+        raise DataError(f"{url} lists no samples")
+    return shard_set
+
+
+class Batch(NamedTuple):
+    """uint8 images (B, 3, H, W), labels (B,) int64 (-1 unlabelled), sample indices (evaluation only)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor | None = None
+
+
+def to_device(images: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 batch -> contiguous float in [-1, 1] on ``device`` (the conversion runs there)."""
+    x = images.to(device, non_blocking=True).to(dtype)
+    return x.div_(127.5).sub_(1.0).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _round_permutation(seed: int, round_: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, round_, n]).permutation(n)
+
+
+def shard_at(seed: int, slot: int, slots: int, n: int, q: int) -> int:
+    """The q-th shard of a slot: every shard once per round across all slots."""
+    round_, i = divmod(q * slots + slot, n)
+    return int(_round_permutation(seed, round_, n)[i])
+
+
+class _Stream(IterableDataset):
+    """Runs in each DataLoader worker; yields collated uint8 batches with their stream position."""
+
+    def __init__(self, shards: ShardSet, cfg: LoaderConfig, rank: int, world: int, mode: str,
+                 seed: int, positions: list, rotation: int, skipped: list):
+        super().__init__()
+        self.shards, self.cfg, self.rank, self.world, self.mode = shards, cfg, rank, world, mode
+        self.seed, self.positions, self.rotation, self.skipped = seed, positions, rotation, skipped
+
+    # -- shared pieces
+    def _members(self, shard: int, skipped: Counter) -> Iterator[dict]:
+        url, n = self.shards.urls[shard], 0
+        try:
+            with open_url(url, "rb", self.cfg.allow_pipe) as f:
+                files = ({**member, "__url__": url} for member in tar_file_iterator(f))
+                for n, sample in enumerate(group_by_keys(files), start=1):
+                    yield sample
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            skipped["bad_shard"] += 1
+            print(f"[data] rank {self.rank}: skipping the rest of {url} after {n} samples: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return
+        if n < self.shards.counts[shard]:
+            # A tar cut at a member boundary reads as a shorter, valid archive.
+            skipped["short_shard"] += 1
+            print(f"[data] rank {self.rank}: skipping the rest of {url}: {n} samples, the manifest says "
+                  f"{self.shards.counts[shard]} (truncated?)", file=sys.stderr, flush=True)
+
+    def _decode(self, raw: dict, skipped: Counter) -> tuple[np.ndarray, int] | None:
+        data = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
+        try:
+            if data is None:
+                raise ValueError(f"no image member among {sorted(raw)}")
+            img = decode_array(data)
+            if img.shape != (self.shards.image_size, self.shards.image_size, 3):
+                skipped["wrong_size"] += 1
+                return None
+            cls = int(raw["cls"]) if "cls" in raw else -1
+        except Exception as e:  # noqa: BLE001 - one bad member must never kill a rank
+            skipped["corrupt_member"] += 1
+            if skipped["corrupt_member"] <= 10:
+                print(f"[data] rank {self.rank}: skipping member {raw.get('__key__')} of "
+                      f"{raw.get('__url__', 'a shard')}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return None
+        return img, cls
+
+    @staticmethod
+    def _collate(samples: list, **meta) -> dict:
+        imgs = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2)
+        return {"images": imgs, "labels": torch.tensor([s[1] for s in samples], dtype=torch.int64), **meta}
+
+    # -- training
+    def _block(self, slot: int, slots: int, j: int, skipped: Counter) -> Iterator[dict]:
+        k, n = self.cfg.shards_per_block, len(self.shards.urls)
+        active = [self._members(shard_at(self.seed, slot, slots, n, j * k + i), skipped) for i in range(k)]
+        rng = np.random.default_rng([self.seed, slot, slots, j])
+        buf: list = []
+        while active:
+            a = int(rng.integers(len(active)))
+            try:
+                sample = next(active[a])
+            except StopIteration:
+                active.pop(a)
+                continue
+            if len(buf) < self.cfg.shuffle_buffer:
+                buf.append(sample)
+                continue
+            if not buf:  # shuffle_buffer 0: interleaving only
+                yield sample
+                continue
+            i = int(rng.integers(len(buf)))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        for i in rng.permutation(len(buf)):
+            yield buf[i]
+
+    def _train(self, logical: int, nworkers: int) -> Iterator[dict]:
+        slots, slot = self.world * nworkers, self.rank * nworkers + logical
+        j, done = self.positions[logical]
+        skipped = Counter(self.skipped[logical])
+        batch: list = []
+        barren = 0  # consecutive blocks that gave no usable sample
+        while True:
+            flips = np.random.default_rng([self.seed, slot, slots, j, 1])
+            barren += 1
+            for pos, raw in enumerate(self._block(slot, slots, j, skipped), start=1):
+                flip = flips.random() < 0.5  # drawn for every member: resume sees the same draws
+                if pos <= done:
+                    barren = 0
+                    continue
+                sample = self._decode(raw, skipped)
+                if sample is None:
+                    continue
+                barren = 0
+                if self.cfg.xflip and flip:
+                    sample = (np.ascontiguousarray(sample[0][:, ::-1]), sample[1])
+                batch.append(sample)
+                if len(batch) == self.cfg.batch_size:
+                    yield self._collate(batch, worker=logical, pos=(j, pos), skipped=dict(skipped))
+                    batch = []
+            if barren * self.cfg.shards_per_block >= 2 * len(self.shards.urls):
+                # Every shard visited (twice over) without one readable sample: spinning
+                # would hang this rank, and the others at their next collective.
+                raise DataError(f"rank {self.rank}: no readable sample in {barren} blocks of "
+                                f"{self.cfg.shards_per_block} shards; skipped so far: {dict(skipped)}")
+            j, done = j + 1, 0
+
+    # -- evaluation
+    def _eval(self, w: int, nworkers: int) -> Iterator[dict]:
+        n = self.shards.total
+        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        lo, hi = lo + (hi - lo) * w // nworkers, lo + (hi - lo) * (w + 1) // nworkers
+        skipped, batch, start = Counter(), [], 0
+        for shard, count in enumerate(self.shards.counts):
+            if start < hi and start + count > lo:
+                for m, raw in enumerate(self._members(shard, skipped)):
+                    if start + m >= hi:
+                        break
+                    if start + m >= lo:
+                        sample = self._decode(raw, skipped)
+                        if sample is not None:
+                            batch.append((*sample, start + m))
+                    if len(batch) == self.cfg.batch_size:
+                        yield self._eval_batch(batch, w, skipped)
+                        batch = []
+            start += count
+        if batch:
+            yield self._eval_batch(batch, w, skipped)
+
+    def _eval_batch(self, batch: list, w: int, skipped: Counter) -> dict:
+        out = self._collate([b[:2] for b in batch], worker=w, skipped=dict(skipped))
+        out["index"] = torch.tensor([b[2] for b in batch], dtype=torch.int64)
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        physical, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        if self.mode == "eval":
+            return self._eval(physical, nworkers)
+        return self._train((physical + self.rotation) % nworkers, nworkers)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+class ShardLoader:
+    """Per-rank loader over a shard set; ``mode`` is ``"train"`` or ``"eval"``.
+
+    ``state_dict()`` / ``load_state_dict()`` hold the training stream position
+    (a few integers per worker); restoring it with the same seed, world size,
+    workers and batch size continues the exact stream. With another geometry
+    the stream restarts from a seed derived from (seed, samples consumed).
+    """
+
+    def __init__(self, cfg: LoaderConfig, rank: int | None = None, world: int | None = None,
+                 mode: str = "train"):
+        if mode not in ("train", "eval"):
+            raise DataError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if cfg.batch_size < 1 or cfg.workers < 0 or cfg.shards_per_block < 1 or cfg.shuffle_buffer < 0:
+            raise DataError(f"invalid loader configuration: {cfg}")
+        self.cfg, self.mode = cfg, mode
+        self.rank = _env_int("RANK", 0) if rank is None else rank
+        self.world = _env_int("WORLD_SIZE", 1) if world is None else world
+        self.shards = load_shard_set(cfg.data, cfg.allow_pipe)
+        self.nworkers = max(cfg.workers, 1)
+        self.stream_seed = cfg.seed
+        self.batches = 0
+        self.positions = [(0, 0)] * self.nworkers
+        self.skipped = [{} for _ in range(self.nworkers)]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.shards.labels
+
+    @property
+    def image_size(self) -> int:
+        return self.shards.image_size
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Corrupt members, bad shards and wrong-size images skipped so far on this rank."""
+        total: Counter = Counter()
+        for c in self.skipped:
+            total.update(c)
+        return dict(total)
+
+    def __len__(self) -> int:
+        if self.mode == "eval":
+            n = self.shards.total
+            mine = (self.rank + 1) * n // self.world - self.rank * n // self.world
+            w = self.nworkers
+            return sum(-(-((mine * (i + 1) // w) - (mine * i // w)) // self.cfg.batch_size) for i in range(w))
+        if self.cfg.epoch_samples is None:
+            raise TypeError("an endless training stream has no length; set epoch_samples")
+        return -(-self.cfg.epoch_samples // (self.world * self.cfg.batch_size))
+
+    def _dataloader(self) -> DataLoader:
+        ds = _Stream(self.shards, self.cfg, self.rank, self.world, self.mode, self.stream_seed,
+                     list(self.positions), self.batches % self.nworkers, [dict(s) for s in self.skipped])
+        kw = {"prefetch_factor": self.cfg.prefetch, "persistent_workers": False} if self.cfg.workers else {}
+        return DataLoader(ds, batch_size=None, num_workers=self.cfg.workers,
+                          pin_memory=self.cfg.pin_memory, **kw)
+
+    def __iter__(self) -> Iterator[Batch]:
+        limit = len(self) if self.mode == "train" and self.cfg.epoch_samples is not None else None
+        for i, b in enumerate(self._dataloader()):
+            if self.mode == "train":
+                self.positions[b["worker"]] = tuple(int(v) for v in b["pos"])
+                self.batches += 1
+            self.skipped[b["worker"]] = b["skipped"]
+            yield Batch(b["images"], b["labels"], b.get("index"))
+            if limit is not None and i + 1 >= limit:
+                return
+
+    def state_dict(self) -> dict:
+        return {"seed": self.cfg.seed, "stream_seed": self.stream_seed, "world": self.world,
+                "rank": self.rank, "workers": self.nworkers, "batch_size": self.cfg.batch_size,
+                "batches": self.batches, "positions": [list(p) for p in self.positions],
+                "skipped": [dict(s) for s in self.skipped]}
+
+    def load_state_dict(self, state: dict) -> None:
+        same = all(state.get(k) == v for k, v in (("seed", self.cfg.seed), ("world", self.world),
+                   ("rank", self.rank), ("workers", self.nworkers), ("batch_size", self.cfg.batch_size)))
+        self.batches = int(state["batches"])
+        if same:
+            self.stream_seed = int(state["stream_seed"])
+            self.positions = [tuple(int(v) for v in p) for p in state["positions"]]
+            self.skipped = [dict(s) for s in state["skipped"]]
+            return
+        consumed = self.batches * int(state["batch_size"]) * int(state["world"])
+        self.stream_seed = int(np.random.default_rng([self.cfg.seed, consumed]).integers(2**62))
+        self.batches = 0
+        self.positions = [(0, 0)] * self.nworkers
+        print(f"[data] rank {self.rank}: loader geometry changed (world/workers/batch/seed); "
+              f"starting a new stream after {consumed} samples", file=sys.stderr, flush=True)

@@ -1,0 +1,100 @@
+"""Writes training shards (webdataset tar + manifest.json) from raw material.
+
+    # a folder or zip of face crops, one sub-folder per character
+    python -m launch.make_shards --kind folder --input chars/ --labels subfolder --out shards/chars
+    # a webtoon crawl (<title>/<episode>/NNN.jpg) with face boxes: crops follow the webtoon rules
+    python -m launch.make_shards --kind boxes --input crawl/ --boxes faces.csv --labels title --out s3://bucket/webtoon
+    # iCartoonFace: detection set (CSV filename,x1,y1,x2,y2, no header) or recognition set
+    python -m launch.make_shards --kind boxes --input icf/det/ --boxes icf_det.csv --labels none --out shards/icf_det
+    python -m launch.make_shards --kind folder --input icf/rec/ --labels subfolder --out shards/icf_rec
+    # real faces, FFHQ-aligned from five landmarks per image
+    python -m launch.make_shards --kind faces --input photos/ --landmarks landmarks.csv --out shards/faces
+    # a rosinality prepare_data.py LMDB
+    python -m launch.make_shards --kind lmdb --input ffhq_lmdb/ --out shards/ffhq
+
+Rerunning the same command resumes an interrupted run (or reports that the
+output is complete). Rejected inputs never stop the run: they are listed in
+the manifest with their reasons, and a summary is printed as the last line
+(one JSON object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from datasets.errors import DataError
+from datasets.faces import read_landmarks
+from datasets.shards import WriterConfig, write_shards
+from datasets.sources import LABEL_RULES, Listing, box_items, face_items, folder_items, lmdb_items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch.make_shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", required=True, choices=["folder", "boxes", "faces", "lmdb"],
+                   help="what --input holds (see above)")
+    p.add_argument("--input", required=True, help="folder, .zip or LMDB folder (local or fsspec URL)")
+    p.add_argument("--out", required=True, help="output folder (local or fsspec URL)")
+    p.add_argument("--labels", choices=LABEL_RULES, default=None,
+                   help="label by the first path component (subfolder/title) or not at all; "
+                        "default: title for boxes, none otherwise")
+    p.add_argument("--boxes", help="boxes: CSV filename,x1,y1,x2,y2 or detector JSON {file: [[x1,y1,x2,y2,score]]}")
+    p.add_argument("--min-score", type=float, default=0.0, help="boxes: detector score threshold (JSON)")
+    p.add_argument("--landmarks", help="faces: CSV filename,x1,y1,...,x5,y5 or JSON {file: [[x,y]*5]}")
+    p.add_argument("--lmdb-size", type=int, help="lmdb: resolution to read (default: the largest stored)")
+    d = WriterConfig(out="")
+    p.add_argument("--size", type=int, default=d.image_size, help="training resolution of every sample")
+    p.add_argument("--encoding", choices=["png", "jpg"], default=d.encoding)
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    p.add_argument("--shard-samples", type=int, default=d.shard_samples, help="samples per shard (at most)")
+    p.add_argument("--shard-bytes", type=float, default=d.shard_bytes, help="bytes per shard (at most)")
+    p.add_argument("--min-size", type=int, default=d.min_size, help="shortest accepted side / face box edge")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest accepted input (pixels)")
+    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16), help="processes (0: inline)")
+    p.add_argument("--upscaler", help="module:function(img, size) -> img, for crops smaller than --size")
+    p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def make_listing(args: argparse.Namespace) -> Listing:
+    """The ordered items of the chosen kind (listing-time rejects included)."""
+    if args.kind == "folder":
+        return folder_items(args.input, args.labels or "none")
+    if args.kind == "boxes":
+        if not args.boxes:
+            raise DataError("--kind boxes needs --boxes (a CSV filename,x1,y1,x2,y2 or a detector JSON)")
+        return box_items(args.input, args.boxes, args.labels or "title", args.min_score)
+    if args.kind == "faces":
+        if not args.landmarks:
+            raise DataError("--kind faces needs --landmarks (CSV filename,x1,y1,...,x5,y5 or JSON)")
+        marks, bad = read_landmarks(args.landmarks)
+        return face_items(args.input, marks, bad, args.landmarks, args.labels or "none")
+    return lmdb_items(args.input, args.lmdb_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = WriterConfig(out=args.out, image_size=args.size, encoding=args.encoding,
+                       jpeg_quality=args.jpeg_quality, shard_samples=args.shard_samples,
+                       shard_bytes=int(args.shard_bytes), min_size=args.min_size, max_pixels=args.max_pixels,
+                       workers=args.workers, upscaler=args.upscaler, dedup=not args.no_dedup)
+    try:
+        listing = make_listing(args)
+        print(f"[shards] {len(listing.items)} inputs from {args.input} ({args.kind}); "
+              f"{len(listing.rejects)} refused while listing", file=sys.stderr)
+        m = write_shards(listing, cfg, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, "samples": m["num_samples"], "shards": len(m["shards"]),
+                      "rejected": m["rejected_counts"], "duplicates": m["num_duplicates"],
+                      "labels": len(m["labels"])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The streaming loader: training stream, resume, evaluation coverage, bad shards, remote URLs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from datasets.errors import DataError
+from datasets.loader import LoaderConfig, ShardLoader, load_shard_set, shard_at, to_device
+from datasets.remote import register_webdataset_handlers
+from datasets.shards import WriterConfig, write_shards
+from datasets.sources import folder_items
+from tests.data_fixtures import face, write
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 16
+
+
+def make_shards(root: Path, out: str, counts: list[int], labels: int = 3) -> dict:
+    """Shards with the given per-shard counts (uneven on purpose), labelled images."""
+    total = sum(counts)
+    for i in range(total):
+        face(1000 + i, 48).save(write(root / f"c{i % labels}" / f"{i:04d}.png", b""))
+    listing = folder_items(str(root), "subfolder")
+    # One shard per requested count: the writer closes a shard at shard_samples, so
+    # write shard by shard from slices of the listing.
+    manifest = None
+    for k, n in enumerate(counts):
+        start = sum(counts[:k])
+        part = type(listing)(listing.items[start:start + n], [], {"part": k})
+        manifest = write_shards(part, WriterConfig(out=f"{out}/part{k}", image_size=SIZE, workers=0, min_size=16),
+                                progress=False)
+    shards, samples = [], []
+    for k in range(len(counts)):
+        m = json.loads(fsspec.open(f"{out}/part{k}/manifest.json").open().read())
+        shards.append({"name": f"part{k}/shard-000000.tar", "count": m["shards"][0]["count"], "bytes": 0})
+        samples += m["samples"]
+    manifest = {"format": "toonmix.shards", "version": 1, "image_size": SIZE, "labels": ["c0", "c1", "c2"],
+                "shards": shards, "num_samples": total, "samples": samples}
+    with fsspec.open(f"{out}/manifest.json", "w") as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> str:
+    base = tmp_path_factory.mktemp("loader")
+    make_shards(base / "raw", str(base / "shards"), [10, 3, 7, 4])
+    return str(base / "shards")
+
+
+def take(loader: ShardLoader, n: int) -> list:
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+def keyed(batches) -> list[bytes]:
+    return [b.images[i].numpy().tobytes() for b in batches for i in range(len(b.images))]
+
+
+def test_shard_order_covers_every_shard_once_per_round():
+    n, slots = 7, 3
+    seq = [shard_at(5, g, slots, n, q) for q in range(7) for g in range(slots)]
+    for r in range(3):
+        assert sorted(seq[r * n:(r + 1) * n]) == list(range(n))
+    assert seq != [shard_at(6, g, slots, n, q) for q in range(7) for g in range(slots)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_uint8_nchw_with_labels_and_to_device_normalises(shard_dir, workers):
+    b = take(ShardLoader(LoaderConfig(shard_dir, batch_size=5, workers=workers), 0, 1), 3)[0]
+    assert b.images.dtype == torch.uint8 and b.images.shape == (5, 3, SIZE, SIZE)
+    assert b.labels.dtype == torch.int64 and set(b.labels.tolist()) <= {0, 1, 2}
+    x = to_device(b.images, "cpu")
+    assert x.dtype == torch.float32 and x.is_contiguous()
+    torch.testing.assert_close(x, b.images.float() / 127.5 - 1)
+
+
+def test_stream_is_deterministic_and_seeded(shard_dir):
+    cfg = LoaderConfig(shard_dir, batch_size=4, workers=2, shuffle_buffer=6, shards_per_block=2)
+    a, b = keyed(take(ShardLoader(cfg, 0, 1), 6)), keyed(take(ShardLoader(cfg, 0, 1), 6))
+    assert a == b
+    other = keyed(take(ShardLoader(LoaderConfig(shard_dir, batch_size=4, workers=2, shuffle_buffer=6,
+                                                 shards_per_block=2, seed=1), 0, 1), 6))
+    assert other != a
+
+
+def test_xflip_mirrors_about_half(shard_dir):
+    base = LoaderConfig(shard_dir, batch_size=8, workers=0, shuffle_buffer=0)
+    plain = take(ShardLoader(base, 0, 1), 4)
+    flipped = take(ShardLoader(LoaderConfig(shard_dir, batch_size=8, workers=0, shuffle_buffer=0, xflip=True),
+                               0, 1), 4)
+    same = mirrored = 0
+    for p, f in zip(plain, flipped):
+        for i in range(8):
+            same += torch.equal(p.images[i], f.images[i])
+            mirrored += torch.equal(p.images[i].flip(-1), f.images[i])
+    assert same + mirrored == 32 and 8 <= mirrored <= 24
+
+
+@pytest.mark.parametrize("workers,cut", [(2, 5), (2, 6), (0, 3), (3, 7)])
+def test_save_and_resume_continues_the_exact_stream(shard_dir, workers, cut):
+    cfg = LoaderConfig(shard_dir, batch_size=3, workers=workers, shuffle_buffer=5, shards_per_block=2, xflip=True)
+    full = keyed(take(ShardLoader(cfg, 1, 2), cut + 7))
+    first = ShardLoader(cfg, 1, 2)
+    take(first, cut)
+    state = json.loads(json.dumps(first.state_dict()))  # what a checkpoint stores
+    resumed = ShardLoader(cfg, 1, 2)
+    resumed.load_state_dict(state)
+    assert keyed(take(resumed, 7)) == full[cut * 3:]
+
+
+def test_resume_with_another_geometry_starts_a_reproducible_new_stream(shard_dir, capsys):
+    cfg = LoaderConfig(shard_dir, batch_size=3, workers=2)
+    first = ShardLoader(cfg, 0, 1)
+    take(first, 4)
+    state = first.state_dict()
+    runs = []
+    for _ in range(2):
+        other = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1), 0, 1)
+        other.load_state_dict(state)
+        runs.append(keyed(take(other, 3)))
+    assert runs[0] == runs[1]
+    assert "geometry changed" in capsys.readouterr().err
+    assert runs[0] != keyed(take(ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1), 0, 1), 3))
+
+
+def test_epoch_mode_gives_every_rank_the_same_count(shard_dir):
+    counts = []
+    for rank in range(3):
+        loader = ShardLoader(LoaderConfig(shard_dir, batch_size=4, workers=2, epoch_samples=24), rank, 3)
+        counts.append((len(loader), sum(1 for _ in loader), sum(1 for _ in loader)))
+    assert counts == [(2, 2, 2)] * 3
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 1), (4, 3)])
+def test_eval_mode_covers_every_sample_exactly_once(shard_dir, world, workers):
+    m = json.loads(Path(shard_dir, "manifest.json").read_text())
+    seen = []
+    for rank in range(world):
+        loader = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=workers, xflip=True), rank, world, "eval")
+        batches = list(loader)
+        assert len(batches) == len(loader)
+        seen += [int(i) for b in batches for i in b.index]
+    assert sorted(seen) == list(range(m["num_samples"]))
+    first = next(iter(ShardLoader(LoaderConfig(shard_dir, batch_size=1, workers=0), 0, 1, "eval")))
+    assert first.index.tolist() == [0]
+
+
+def corrupt_copy(shard_dir: str, tmp_path: Path, mode: str) -> str:
+    """A copy of the shard set with one damaged shard: a garbage member or a cut file."""
+    out = tmp_path / mode
+    manifest = json.loads(Path(shard_dir, "manifest.json").read_text())
+    for s in manifest["shards"]:
+        write(out / s["name"], Path(shard_dir, s["name"]).read_bytes())
+        s["name"] = str(out / s["name"])
+    victim = out / "part0" / "shard-000000.tar"
+    data = victim.read_bytes()
+    if mode == "truncated":
+        member = tarfile.open(fileobj=io.BytesIO(data)).getmember("000000001.png")
+        victim.write_bytes(data[: member.offset_data + 100])  # cut inside an image's bytes
+    elif mode == "short":
+        src = tarfile.open(fileobj=io.BytesIO(data))
+        keep = [m for m in src.getmembers() if int(m.name.split(".")[0]) < 5]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as dst:  # a valid tar missing its second half
+            for m in keep:
+                dst.addfile(m, src.extractfile(m))
+        victim.write_bytes(buf.getvalue())
+    else:
+        src = tarfile.open(fileobj=io.BytesIO(data))
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as dst:
+            for m in src.getmembers():
+                payload = src.extractfile(m).read()
+                if m.name == "000000003.png":
+                    payload = payload[:40] + b"\x00" * 64  # damaged pixel data
+                m.size = len(payload)
+                dst.addfile(m, io.BytesIO(payload))
+        victim.write_bytes(buf.getvalue())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return str(out)
+
+
+@pytest.mark.parametrize("mode,reason", [("member", "corrupt_member"), ("truncated", "bad_shard"),
+                                         ("short", "short_shard")])
+def test_damaged_shards_are_skipped_and_counted_in_training(shard_dir, tmp_path, mode, reason, capfd):
+    data = corrupt_copy(shard_dir, tmp_path, mode)
+    loader = ShardLoader(LoaderConfig(data, batch_size=4, workers=2, shards_per_block=4), 0, 1)
+    batches = take(loader, 15)  # several rounds over every shard: the rank keeps going
+    assert all(b.images.shape == (4, 3, SIZE, SIZE) for b in batches)
+    assert loader.skipped_counts().get(reason, 0) >= 1
+    assert "skipping" in capfd.readouterr().err  # written by the worker processes
+    ev = ShardLoader(LoaderConfig(data, batch_size=4, workers=0), 0, 1, "eval")
+    seen = [int(i) for b in ev for i in b.index]
+    assert 0 < len(seen) < 24 and ev.skipped_counts().get(reason, 0) == 1
+    assert set(range(10, 24)) <= set(seen)  # the other shards are read completely
+
+
+def test_pipe_urls_refused_unless_enabled(tmp_path):
+    manifest = {"image_size": SIZE, "labels": [], "shards": [{"name": "pipe:cat /tmp/x.tar", "count": 1}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="refusing shell-command URL"):
+        load_shard_set(str(tmp_path))
+    assert load_shard_set(str(tmp_path), allow_pipe=True).urls == ("pipe:cat /tmp/x.tar",)
+    with pytest.raises(DataError, match="no manifest"):
+        load_shard_set(str(tmp_path / "nowhere"))
+
+
+def test_memory_url_round_trip_and_webdataset_handler(tmp_path):
+    fs = fsspec.filesystem("memory")
+    for i in range(6):
+        buf = io.BytesIO()
+        face(300 + i, 40).save(buf, format="PNG")
+        fs.pipe(f"/loader-in/a/{i}.png", buf.getvalue())
+    m = write_shards(folder_items("memory://loader-in", "subfolder"),
+                     WriterConfig(out="memory://loader-shards", image_size=SIZE, workers=0, shard_samples=4, min_size=16),
+                     progress=False)
+    ev = ShardLoader(LoaderConfig("memory://loader-shards", batch_size=4, workers=0), 0, 1, "eval")
+    assert [int(i) for b in ev for i in b.index] == list(range(m["num_samples"]))
+    register_webdataset_handlers()
+    import webdataset as wds
+
+    keys = [s["__key__"] for s in wds.WebDataset("memory://loader-shards/shard-000000.tar", shardshuffle=False)]
+    assert keys == [f"{i:09d}" for i in range(4)]
+    with pytest.raises(DataError):
+        list(wds.WebDataset("pipe:cat /etc/hostname", shardshuffle=False))
+
+
+def test_two_process_torchrun_equal_batches_and_disjoint_eval(shard_dir, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "dist_loader_check.py"), shard_dir, str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(2)]
+    assert res[0]["train_batches"] == res[1]["train_batches"] == res[0]["expected_batches"]
+    assert res[0]["gathered_counts"] == [res[0]["train_batches"]] * 2
+    e0, e1 = set(res[0]["eval_index"]), set(res[1]["eval_index"])
+    assert not e0 & e1 and sorted(e0 | e1) == list(range(24))
+    # Round 0 gives the two ranks disjoint shards, so their first block's samples differ.
+    assert not set(res[0]["first_block"]) & set(res[1]["first_block"])
+
+
+def test_unreadable_shard_set_raises_instead_of_spinning(shard_dir, tmp_path):
+    manifest = json.loads(Path(shard_dir, "manifest.json").read_text())
+    for s in manifest["shards"]:
+        s["name"] = str(tmp_path / "gone" / s["name"])  # every shard missing
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    loader = ShardLoader(LoaderConfig(str(tmp_path), batch_size=2, workers=0), 0, 1)
+    with pytest.raises(DataError, match="no readable sample"):
+        next(iter(loader))
