@@ -31,6 +31,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
+	$(PY) benchmarks/data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.errors import DataError, Rejected
+from datasets.remote import read_bytes
 
 Box = tuple[float, float, float, float]
 
@@ -372,11 +373,11 @@ def read_landmarks(path: str | Path) -> tuple[dict[str, np.ndarray], list[tuple[
     for JSON the number is the entry's position. Only a file that cannot be
     read as a whole raises ``DataError``.
     """
-    path = Path(path)
+    path = str(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bytes(path).decode("utf-8-sig")  # local path or fsspec URL
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read landmark file {path}: {e}") from e
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+    if path.lower().endswith(".json") or text.lstrip().startswith("{"):
         return _read_json(text)
     return _read_table(text)

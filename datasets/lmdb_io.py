@@ -39,14 +39,16 @@ def write_rosinality_lmdb(path: str, images: Iterable[Image.Image], sizes: Itera
     sizes = list(sizes)
     env = open_lmdb(path, write=True)
     n = 0
-    with env.begin(write=True) as txn:
-        for i, img in enumerate(images):
-            for size in sizes:
-                buf = io.BytesIO()
-                img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(
-                    buf, format="jpeg", quality=quality)
-                txn.put(f"{size}-{str(i).zfill(5)}".encode("utf-8"), buf.getvalue())
-            n = i + 1
-        txn.put(b"length", str(n).encode("utf-8"))
-    env.close()
+    try:
+        with env.begin(write=True) as txn:
+            for i, img in enumerate(images):
+                for size in sizes:
+                    buf = io.BytesIO()
+                    img.convert("RGB").resize((size, size), Image.Resampling.LANCZOS).save(
+                        buf, format="jpeg", quality=quality)
+                    txn.put(f"{size}-{str(i).zfill(5)}".encode("utf-8"), buf.getvalue())
+                n = i + 1
+            txn.put(b"length", str(n).encode("utf-8"))
+    finally:
+        env.close()
     return n

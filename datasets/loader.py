@@ -16,7 +16,7 @@ contiguous range [r*N/W, (r+1)*N/W), its workers split that range, and every
 batch carries the sample indices, so results can be gathered in a fixed order.
 
 Decoding (and the optional x-flip) happens in DataLoader worker processes;
-batches travel as uint8 NCHW (channels-last memory) and ``to_device`` makes
+batches travel as uint8 NCHW and ``to_device`` makes
 them float in [-1, 1] on the device. The loader is never given to
 ``accelerator.prepare``: that would make rank 0 read for everyone.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -114,8 +113,9 @@ class Batch(NamedTuple):
 
 def to_device(images: torch.Tensor, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 batch -> contiguous float in [-1, 1] on ``device`` (the conversion runs there)."""
-    x = images.to(device, non_blocking=True).to(dtype)
-    return x.div_(127.5).sub_(1.0).contiguous()
+    x = images.to(device, non_blocking=True).to(dtype).contiguous()
+    # -1 + x / 127.5 as one pass over x (two in-place ops cost one pass more on a CPU).
+    return torch.add(torch.full((), -1.0, dtype=dtype, device=x.device), x, alpha=1 / 127.5, out=x)
 
 
 @functools.lru_cache(maxsize=64)
@@ -146,7 +146,7 @@ class _Stream(IterableDataset):
                 files = ({**member, "__url__": url} for member in tar_file_iterator(f))
                 for n, sample in enumerate(group_by_keys(files), start=1):
                     yield sample
-        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - tar, I/O and any fsspec backend's errors alike
             skipped["bad_shard"] += 1
             print(f"[data] rank {self.rank}: skipping the rest of {url} after {n} samples: "
                   f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
@@ -164,8 +164,8 @@ class _Stream(IterableDataset):
                 raise ValueError(f"no image member among {sorted(raw)}")
             img = decode_array(data)
             if img.shape != (self.shards.image_size, self.shards.image_size, 3):
-                skipped["wrong_size"] += 1
-                return None
+                raise ValueError(f"image is {img.shape[1]}x{img.shape[0]}, the manifest says "
+                                 f"{self.shards.image_size}")
             cls = int(raw["cls"]) if "cls" in raw else -1
         except Exception as e:  # noqa: BLE001 - one bad member must never kill a rank
             skipped["corrupt_member"] += 1
@@ -177,7 +177,14 @@ class _Stream(IterableDataset):
 
     @staticmethod
     def _collate(samples: list, **meta) -> dict:
-        imgs = torch.from_numpy(np.stack([s[0] for s in samples])).permute(0, 3, 1, 2)
+        # NCHW-contiguous here, in the workers, so the loop's process converts in
+        # layout-preserving passes (converting from NHWC costs it 2x). np.stack
+        # would keep the inputs' HWC memory order: fill a C-ordered buffer.
+        h, w, c = samples[0][0].shape
+        out = np.empty((len(samples), c, h, w), dtype=np.uint8)
+        for i, s in enumerate(samples):
+            out[i] = s[0].transpose(2, 0, 1)
+        imgs = torch.from_numpy(out)
         return {"images": imgs, "labels": torch.tensor([s[1] for s in samples], dtype=torch.int64), **meta}
 
     # -- training
@@ -224,7 +231,7 @@ class _Stream(IterableDataset):
                     continue
                 barren = 0
                 if self.cfg.xflip and flip:
-                    sample = (np.ascontiguousarray(sample[0][:, ::-1]), sample[1])
+                    sample = (sample[0][:, ::-1], sample[1])  # a view: collation copies once
                 batch.append(sample)
                 if len(batch) == self.cfg.batch_size:
                     yield self._collate(batch, worker=logical, pos=(j, pos), skipped=dict(skipped))
@@ -245,7 +252,7 @@ class _Stream(IterableDataset):
         for shard, count in enumerate(self.shards.counts):
             if start < hi and start + count > lo:
                 for m, raw in enumerate(self._members(shard, skipped)):
-                    if start + m >= hi:
+                    if start + m >= hi or m >= count:  # a shard longer than its manifest entry
                         break
                     if start + m >= lo:
                         sample = self._decode(raw, skipped)
@@ -297,6 +304,7 @@ class ShardLoader:
         self.nworkers = max(cfg.workers, 1)
         self.stream_seed = cfg.seed
         self.batches = 0
+        self.consumed_before = 0  # samples consumed on this rank by earlier stream segments
         self.positions = [(0, 0)] * self.nworkers
         self.skipped = [{} for _ in range(self.nworkers)]
 
@@ -343,24 +351,31 @@ class ShardLoader:
             if limit is not None and i + 1 >= limit:
                 return
 
+    def _geometry(self) -> dict:
+        """Everything the meaning of a saved (block, offset) position depends on."""
+        return {"seed": self.cfg.seed, "world": self.world, "rank": self.rank, "workers": self.nworkers,
+                "batch_size": self.cfg.batch_size, "shards_per_block": self.cfg.shards_per_block,
+                "shuffle_buffer": self.cfg.shuffle_buffer, "shards": [len(self.shards.urls), self.shards.total]}
+
     def state_dict(self) -> dict:
-        return {"seed": self.cfg.seed, "stream_seed": self.stream_seed, "world": self.world,
-                "rank": self.rank, "workers": self.nworkers, "batch_size": self.cfg.batch_size,
-                "batches": self.batches, "positions": [list(p) for p in self.positions],
+        return {**self._geometry(), "stream_seed": self.stream_seed, "batches": self.batches,
+                "consumed_before": self.consumed_before, "positions": [list(p) for p in self.positions],
                 "skipped": [dict(s) for s in self.skipped]}
 
     def load_state_dict(self, state: dict) -> None:
-        same = all(state.get(k) == v for k, v in (("seed", self.cfg.seed), ("world", self.world),
-                   ("rank", self.rank), ("workers", self.nworkers), ("batch_size", self.cfg.batch_size)))
-        self.batches = int(state["batches"])
+        same = all(state.get(k) == v for k, v in self._geometry().items())
+        self.skipped = [dict(s) for s in state["skipped"]] if same else self.skipped
         if same:
-            self.stream_seed = int(state["stream_seed"])
+            self.stream_seed, self.batches = int(state["stream_seed"]), int(state["batches"])
+            self.consumed_before = int(state.get("consumed_before", 0))
             self.positions = [tuple(int(v) for v in p) for p in state["positions"]]
-            self.skipped = [dict(s) for s in state["skipped"]]
             return
-        consumed = self.batches * int(state["batch_size"]) * int(state["world"])
-        self.stream_seed = int(np.random.default_rng([self.cfg.seed, consumed]).integers(2**62))
-        self.batches = 0
+        # Samples this rank consumed in all earlier segments: two segments of equal
+        # length after two changes still get different seeds.
+        consumed = int(state.get("consumed_before", 0)) + int(state["batches"]) * int(state["batch_size"])
+        self.stream_seed = int(np.random.default_rng([int(state["stream_seed"]), consumed]).integers(2**62))
+        self.consumed_before, self.batches = consumed, 0
         self.positions = [(0, 0)] * self.nworkers
-        print(f"[data] rank {self.rank}: loader geometry changed (world/workers/batch/seed); "
+        print(f"[data] rank {self.rank}: loader geometry changed "
+              f"({[k for k, v in self._geometry().items() if state.get(k) != v]}); "
               f"starting a new stream after {consumed} samples", file=sys.stderr, flush=True)

@@ -3,7 +3,7 @@
 Items are processed (read, decoded, cropped or aligned, resized, encoded) by a
 pool of processes in a fixed order; the parent removes exact duplicates and
 writes shards. Each shard is written under a temporary name and renamed when
-complete, then ``_progress.json`` records everything up to that shard, so an
+complete, then a record in ``_progress/`` holds everything up to that shard, so an
 interrupted run continues from the last complete shard: no duplicates, no
 half-written shard, and byte-identical output to an uninterrupted run.
 
@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import tarfile
 import time
-import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -27,133 +25,25 @@ from typing import Callable
 from tqdm import tqdm
 
 from . import images
-from .errors import DataError, Rejected
-from .faces import align_ffhq, crop_webtoon_face
-from .remote import atomic_write, exists, fs_and_path, join, read_bytes, read_json, write_json
-from .sources import Item, Listing, labels_of
+from .errors import DataError
+from .process import WriterConfig, run_items
+from .remote import exists, fs_and_path, join, read_json, write_json
+from .sources import Listing, labels_of
 
 MANIFEST = "manifest.json"
-PROGRESS = "_progress.json"
+PROGRESS = "_progress"  # one record per complete shard: appending, never rewriting
 FORMAT = "toonmix.shards"
 VERSION = 1
-
-
-@dataclass
-class WriterConfig:
-    """How items become samples and samples become shards."""
-
-    out: str
-    """Output folder: a local path or an fsspec URL (``memory://``, ``s3://``...)."""
-    image_size: int = 1024
-    """Training resolution: every sample is image_size x image_size."""
-    encoding: str = "png"
-    """``png`` (lossless) or ``jpg`` (quality ``jpeg_quality``, no chroma subsampling)."""
-    jpeg_quality: int = 95
-    """JPEG quality when encoding is jpg."""
-    png_level: int = 1
-    """zlib level for PNG: 1 writes several times faster than 6 for a few % more bytes."""
-    shard_samples: int = 1000
-    """A shard is closed when it holds this many samples ..."""
-    shard_bytes: int = 1_000_000_000
-    """... or when the next sample would take it over this many bytes."""
-    min_size: int = 64
-    """Folder/LMDB images with a shorter side are refused (``too_small``)."""
-    max_pixels: int = images.DEFAULT_MAX_PIXELS
-    """Inputs with more pixels are refused before decoding (``too_many_pixels``)."""
-    workers: int = 2
-    """Processes that decode and encode; 0 processes in the calling process."""
-    upscaler: str | None = None
-    """``module:function`` called on crops smaller than image_size (e.g. an SR model)."""
-    dedup: bool = True
-    """Drop samples whose pixels equal an earlier sample's (exact duplicates only)."""
-    expand: float = 1.8
-    """Webtoon crop: square side = this x the box's long edge."""
-    shift_down: float = 0.2
-    """Webtoon crop: centre moved down by this fraction of the box height."""
-    max_aspect: float = 1.3
-    """Webtoon crop: boxes more elongated than this are refused."""
-    max_blank: float = 0.075
-    """Webtoon crop: crops with more blank (outside-the-page) area are refused."""
-    align_transform: int = 4
-    """FFHQ alignment resamples at this multiple of image_size before the final resize."""
 
 
 def _job_key(cfg: WriterConfig, listing: Listing) -> str:
     """Identifies the output: equal keys mean a rerun may resume or skip."""
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("out", "workers")}
     h = hashlib.sha256(json.dumps([conf, listing.description], sort_keys=True).encode())
-    for it in listing.items:
-        h.update(it.source.encode() + b"\0")
+    for it in listing.items:  # crops and labels too: an edited box CSV is another job
+        h.update(json.dumps([it.source, it.ref, it.label, it.crop]).encode() + b"\0")
+    h.update(json.dumps(listing.rejects, sort_keys=True).encode())
     return h.hexdigest()[:24]
-
-
-# --------------------------------------------------------------------------- processing (workers)
-
-_CFG: WriterConfig | None = None
-_UPSCALER: images.Upscaler | None = None
-_HANDLES: dict = {}
-
-
-def _init_worker(cfg: WriterConfig) -> None:
-    global _CFG, _UPSCALER
-    _CFG, _UPSCALER = cfg, images.load_upscaler(cfg.upscaler)
-
-
-def _read_ref(ref: tuple) -> bytes:
-    kind = ref[0]
-    if kind == "url":
-        return read_bytes(ref[1])
-    if kind == "zip":
-        z = _HANDLES.get(ref[1])
-        if z is None:
-            z = _HANDLES[ref[1]] = zipfile.ZipFile(io.BytesIO(read_bytes(ref[1])))
-        return z.read(ref[2])
-    if kind == "lmdb":
-        env = _HANDLES.get(ref[1])
-        if env is None:
-            from .lmdb_io import open_lmdb  # noqa: PLC0415
-
-            env = _HANDLES[ref[1]] = open_lmdb(ref[1])
-        with env.begin() as txn:
-            data = txn.get(ref[2].encode())
-        if data is None:
-            raise Rejected("missing_key", f"LMDB has no key {ref[2]}")
-        return data
-    raise DataError(f"unknown item reference {ref!r}")
-
-
-def _shape(img, item: Item, cfg: WriterConfig):
-    if item.crop is None:
-        if min(img.size) < cfg.min_size:
-            raise Rejected("too_small", f"{img.width}x{img.height} < {cfg.min_size}")
-        return images.center_square(img)
-    if item.crop[0] == "box":
-        return crop_webtoon_face(img, tuple(item.crop[1:]), expand=cfg.expand, shift_down=cfg.shift_down,
-                                 min_size=cfg.min_size, max_aspect=cfg.max_aspect, max_blank=cfg.max_blank)
-    if item.crop[0] == "align":
-        import numpy as np  # noqa: PLC0415
-
-        return align_ffhq(img, np.asarray(item.crop[1], dtype=np.float64), output_size=cfg.image_size,
-                          transform_size=cfg.image_size * cfg.align_transform)
-    raise DataError(f"unknown crop {item.crop!r}")
-
-
-def process_item(item: Item) -> tuple[Item, dict]:
-    """One item -> ``{"data", "hash"}`` or ``{"reason", "detail"}`` (never raises ``Rejected``)."""
-    cfg = _CFG
-    try:
-        try:
-            data = _read_ref(item.ref)
-        except (FileNotFoundError, KeyError) as e:
-            raise Rejected("missing_file", str(e)) from None
-        except OSError as e:
-            raise Rejected("unreadable", f"{type(e).__name__}: {e}") from None
-        img = images.decode_rgb(data, cfg.max_pixels)
-        img = images.resize_square(_shape(img, item, cfg), cfg.image_size, _UPSCALER)
-        return item, {"data": images.encode(img, cfg.encoding, cfg.jpeg_quality, cfg.png_level),
-                      "hash": images.pixel_hash(img)}
-    except Rejected as r:
-        return item, {"reason": r.reason, "detail": r.detail}
 
 
 # --------------------------------------------------------------------------- writing (parent)
@@ -178,8 +68,8 @@ class ShardSink:
         self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
         self.count, self.bytes = 0, 0
 
-    def add(self, key: str, encoding: str, image: bytes, cls: int, meta: dict) -> None:
-        for ext, data in ((encoding, image), ("cls", str(cls).encode()),
+    def add(self, key: str, image_ext: str, image: bytes, cls: int, meta: dict) -> None:
+        for ext, data in ((image_ext, image), ("cls", str(cls).encode()),
                           ("json", json.dumps(meta, sort_keys=True).encode())):
             _add_member(self.tar, f"{key}.{ext}", data)
             self.bytes += 512 + -(-len(data) // 512) * 512
@@ -214,18 +104,25 @@ class _State:
 
 
 def _load_state(out: str, job: str) -> _State:
+    """Merges the per-shard records of an interrupted run of the same job."""
     fs, base = fs_and_path(out)
-    fs.makedirs(base, exist_ok=True)
-    for p in fs.glob(base.rstrip("/") + "/*.tmp-*"):
-        fs.rm(p)  # half-written shards of an interrupted run
-    url = join(out, PROGRESS)
-    if not exists(url):
-        return _State(job)
-    raw = read_json(url)
-    if raw.get("job") != job:
-        raise DataError(f"{out} holds an unfinished run of a different input or configuration "
-                        f"({PROGRESS} job {raw.get('job')} != {job}); use another output folder")
-    return _State(**raw)
+    base = base.rstrip("/")
+    fs.makedirs(f"{base}/{PROGRESS}", exist_ok=True)
+    state = _State(job)
+    for path in sorted(fs.glob(f"{base}/{PROGRESS}/*.json")):
+        rec = json.loads(fs.cat_file(path))
+        if rec.get("job") != job:
+            raise DataError(f"{out} holds an unfinished run of a different input or configuration "
+                            f"(job {rec.get('job')} != {job}); use another output folder")
+        state.next_item = rec["next_item"]
+        state.shards.append(rec["shard"])
+        for name in ("samples", "rejected", "duplicates"):
+            getattr(state, name).extend(rec[name])
+        state.hashes.update(rec["hashes"])
+    # Only now, with the job confirmed as ours: half-written shards of the interrupted run.
+    for path in fs.glob(f"{base}/*.tmp-*") + fs.glob(f"{base}/{PROGRESS}/*.tmp-*"):
+        fs.rm(path)
+    return state
 
 
 def _manifest(state: _State, cfg: WriterConfig, listing: Listing, labels: list[str]) -> dict:
@@ -249,17 +146,6 @@ def _manifest(state: _State, cfg: WriterConfig, listing: Listing, labels: list[s
     }
 
 
-def _results(items: list[Item], cfg: WriterConfig):
-    if cfg.workers <= 0:
-        _init_worker(cfg)
-        yield from map(process_item, items)
-        return
-    # spawn: forking a parent that holds fsspec/async threads can deadlock.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
-        yield from pool.imap(process_item, items, chunksize=4)
-
-
 def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
                  log: Callable[[str], None] = print) -> dict:
     """Writes (or resumes, or finds complete) the shards of ``listing``; returns the manifest."""
@@ -274,30 +160,33 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
         raise DataError(f"{cfg.out} already holds shards of another input or configuration; "
                         "choose another output folder")
     state = _load_state(cfg.out, job)
-    if state.next_item:
+    pending = _State(job, state.next_item)
+    if state.shards:
         log(f"[shards] resuming after item {state.next_item} ({len(state.shards)} shards complete)")
     else:
-        state.rejected = list(listing.rejects)
+        pending.rejected = list(listing.rejects)  # recorded with the first shard
     labels = labels_of(listing.items)
-    pending = _State(job, state.next_item)
     sink = None
 
     def commit(next_item: int) -> None:
         nonlocal sink
-        state.shards.append(sink.finish())
+        shard = sink.finish()
+        write_json(join(cfg.out, PROGRESS, f"{len(state.shards):06d}.json"),
+                   {"job": job, "next_item": next_item, "shard": shard, "samples": pending.samples,
+                    "rejected": pending.rejected, "duplicates": pending.duplicates, "hashes": pending.hashes})
+        state.shards.append(shard)
         sink = None
         for name in ("samples", "rejected", "duplicates"):
             getattr(state, name).extend(getattr(pending, name))
-            getattr(pending, name).clear()
+            setattr(pending, name, [])
         state.hashes.update(pending.hashes)
-        pending.hashes.clear()
+        pending.hashes = {}
         state.next_item = next_item
-        write_json(join(cfg.out, PROGRESS), asdict(state))
 
     bar = tqdm(total=len(listing.items), initial=state.next_item, disable=not progress,
                desc="shards", unit="img", dynamic_ncols=True)
     try:
-        for i, (item, res) in enumerate(_results(listing.items[state.next_item:], cfg), start=state.next_item):
+        for i, (item, res) in enumerate(run_items(listing.items[state.next_item:], cfg), start=state.next_item):
             bar.update(1)
             if "reason" in res:
                 pending.rejected.append({"source": item.source, **res})
@@ -312,7 +201,7 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
                 sink = ShardSink(cfg.out, len(state.shards))
             key = f"{len(state.samples) + len(pending.samples):09d}"
             cls = labels.index(item.label) if item.label is not None else -1
-            sink.add(key, cfg.encoding, res["data"], cls, {"source": item.source, "label": item.label})
+            sink.add(key, res["ext"], res["data"], cls, {"source": item.source, "label": item.label})
             pending.samples.append({"key": key, "shard": len(state.shards), "source": item.source,
                                     "label": item.label})
             pending.hashes[res["hash"]] = key
@@ -334,5 +223,5 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
     write_json(join(cfg.out, MANIFEST), manifest)
     fs, base = fs_and_path(join(cfg.out, PROGRESS))
     if fs.exists(base):
-        fs.rm(base)
+        fs.rm(base, recursive=True)
     return manifest

@@ -113,8 +113,10 @@ def read_box_csv(url: str) -> tuple[dict[str, list[list[float]]], list[tuple[int
     """``filename,x1,y1,x2,y2`` rows (header optional) -> boxes per file, bad rows with line numbers."""
     boxes: dict[str, list[list[float]]] = {}
     bad: list[tuple[int, str]] = []
-    text = read_bytes(url).decode("utf-8", errors="replace")
-    for line_no, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+    text = read_bytes(url).decode("utf-8-sig", errors="replace")  # -sig: spreadsheet exports start with a BOM
+    reader = csv.reader(io.StringIO(text))
+    for row in reader:
+        line_no = reader.line_num  # the physical line, also after quoted newlines
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
         if line_no == 1 and row[0].strip().lower() in ("filename", "file", "path", "image"):
@@ -191,13 +193,15 @@ def lmdb_items(path: str, size: int | None = None) -> Listing:
     from .lmdb_io import open_lmdb  # noqa: PLC0415 - lmdb is only needed for this kind
 
     env = open_lmdb(path)
-    with env.begin() as txn:
-        raw = txn.get(b"length")
-        if raw is None:
-            raise DataError(f"{path} has no 'length' key: not a rosinality prepare_data.py LMDB")
-        n = int(raw.decode())
-        sizes = [s for s in LMDB_SIZES if txn.get(f"{s}-{0:05d}".encode()) is not None]
-    env.close()
+    try:
+        with env.begin() as txn:
+            raw = txn.get(b"length")
+            if raw is None:
+                raise DataError(f"{path} has no 'length' key: not a rosinality prepare_data.py LMDB")
+            n = int(raw.decode())
+            sizes = [s for s in LMDB_SIZES if txn.get(f"{s}-{0:05d}".encode()) is not None]
+    finally:
+        env.close()
     if size is None:
         if not sizes:
             raise DataError(f"{path}: no '<size>-00000' key for sizes {LMDB_SIZES}")

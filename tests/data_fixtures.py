@@ -80,3 +80,12 @@ def double(img: Image.Image, size: int) -> Image.Image:
     out = img.resize((size, size), Image.Resampling.NEAREST)
     out.putpixel((0, 0), (255, 0, 0))
     return out
+
+
+def crash_on_33px(img: Image.Image, size: int) -> Image.Image:
+    """Upscaler hook that kills its process on 33-pixel inputs, as a decoder segfault would."""
+    if img.width == 33:
+        import os
+
+        os._exit(3)
+    return img.resize((size, size), Image.Resampling.BICUBIC)

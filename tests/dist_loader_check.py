@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -20,7 +21,11 @@ def main(shards: str, out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     train = ShardLoader(LoaderConfig(shards, batch_size=4, workers=1, epoch_samples=24, shards_per_block=2))
-    batches = list(train)
+    batches = []
+    for b in train:  # a collective per batch, as a DDP step has: unequal counts would hang here
+        t = torch.tensor([float(b.images.float().mean())])
+        dist.all_reduce(t)
+        batches.append(b)
     counts = [None] * world
     dist.all_gather_object(counts, len(batches))
     first = [hashlib.sha1(b.images[i].numpy().tobytes()).hexdigest() for b in batches[:2] for i in range(4)][:6]

@@ -26,27 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
-def make_shards(root: Path, out: str, counts: list[int], labels: int = 3) -> dict:
-    """Shards with the given per-shard counts (uneven on purpose), labelled images."""
-    total = sum(counts)
-    for i in range(total):
-        face(1000 + i, 48).save(write(root / f"c{i % labels}" / f"{i:04d}.png", b""))
-    listing = folder_items(str(root), "subfolder")
-    # One shard per requested count: the writer closes a shard at shard_samples, so
-    # write shard by shard from slices of the listing.
-    manifest = None
+def make_shards(root: Path, out: str, counts: list[int]) -> dict:
+    """One shard per entry of ``counts`` (uneven on purpose), labels c0..c2 in every shard.
+
+    Each shard is a writer run of its own (the writer closes shards at a fixed
+    size); every run sees all three labels, so ``cls`` means the same everywhere.
+    """
+    shards, samples, seed = [], [], 1000
     for k, n in enumerate(counts):
-        start = sum(counts[:k])
-        part = type(listing)(listing.items[start:start + n], [], {"part": k})
-        manifest = write_shards(part, WriterConfig(out=f"{out}/part{k}", image_size=SIZE, workers=0, min_size=16),
-                                progress=False)
-    shards, samples = [], []
-    for k in range(len(counts)):
-        m = json.loads(fsspec.open(f"{out}/part{k}/manifest.json").open().read())
+        for j in range(n):
+            face(seed, 48).save(write(root / f"part{k}" / f"c{j % 3}" / f"{j:04d}.png", b""))
+            seed += 1
+        m = write_shards(folder_items(str(root / f"part{k}"), "subfolder"),
+                         WriterConfig(out=f"{out}/part{k}", image_size=SIZE, workers=0, min_size=16), progress=False)
+        assert m["labels"] == ["c0", "c1", "c2"] and len(m["shards"]) == 1
         shards.append({"name": f"part{k}/shard-000000.tar", "count": m["shards"][0]["count"], "bytes": 0})
         samples += m["samples"]
     manifest = {"format": "toonmix.shards", "version": 1, "image_size": SIZE, "labels": ["c0", "c1", "c2"],
-                "shards": shards, "num_samples": total, "samples": samples}
+                "shards": shards, "num_samples": sum(counts), "samples": samples}
     with fsspec.open(f"{out}/manifest.json", "w") as f:
         json.dump(manifest, f)
     return manifest
@@ -260,3 +257,22 @@ def test_unreadable_shard_set_raises_instead_of_spinning(shard_dir, tmp_path):
     loader = ShardLoader(LoaderConfig(str(tmp_path), batch_size=2, workers=0), 0, 1)
     with pytest.raises(DataError, match="no readable sample"):
         next(iter(loader))
+
+
+def test_eval_index_names_the_manifest_sample_it_carries(shard_dir):
+    m = json.loads(Path(shard_dir, "manifest.json").read_text())
+    loader = ShardLoader(LoaderConfig(shard_dir, batch_size=4, workers=2), 1, 2, "eval")
+    for b in loader:
+        for idx, label in zip(b.index.tolist(), b.labels.tolist()):
+            assert m["labels"][label] == m["samples"][idx]["label"]
+
+
+def test_changed_block_layout_is_not_read_as_the_old_position(shard_dir, capsys):
+    first = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1, shards_per_block=2), 0, 1)
+    take(first, 3)
+    other = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1, shards_per_block=3), 0, 1)
+    other.load_state_dict(first.state_dict())
+    assert "shards_per_block" in capsys.readouterr().err and other.positions == [(0, 0)]
+    again = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1, shards_per_block=2), 0, 1)
+    again.load_state_dict(other.state_dict())  # a second change: a seed of its own
+    assert again.stream_seed not in (0, other.stream_seed) and again.consumed_before == 9

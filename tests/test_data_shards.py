@@ -21,7 +21,7 @@ from datasets.faces import read_landmarks
 from datasets.lmdb_io import write_rosinality_lmdb
 from datasets.shards import WriterConfig, write_shards
 from datasets.sources import box_items, face_items, folder_items, lmdb_items
-from tests.data_fixtures import bad_files, face, odd_modes, png_bytes, write
+from tests.data_fixtures import bad_files, face, jpeg_bytes, odd_modes, png_bytes, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,7 +277,7 @@ def test_fsspec_memory_round_trip_in_and_out(tmp_path):
     m = write_shards(folder_items("memory://rt-in", "subfolder"), cfg("memory://rt-out"), progress=False)
     assert m["num_samples"] == 5 and m["label_counts"] == {"x": 5}
     assert fs.exists("/rt-out/manifest.json") and fs.exists("/rt-out/shard-000001.tar")
-    assert not fs.glob("/rt-out/*.tmp-*") and not fs.exists("/rt-out/_progress.json")
+    assert not fs.glob("/rt-out/*.tmp-*") and not fs.exists("/rt-out/_progress")
     assert len(read_shard("memory://rt-out/shard-000000.tar")) == 4
 
 
@@ -292,3 +292,64 @@ def test_cli_runs_with_process_pool_and_reports(char_folder, tmp_path):
     r = subprocess.run([sys.executable, "-m", "launch.make_shards", "--kind", "boxes", "--input", str(char_folder),
                         "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "needs --boxes" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "launch.make_shards", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "--kind" in r.stdout and "rosinality" in r.stdout
+
+
+def test_finished_images_keep_their_bytes_and_others_are_reencoded(tmp_path):
+    root = tmp_path / "ready"
+    ready_jpg = jpeg_bytes(face(90, 32), quality=90)
+    write(root / "a.jpg", ready_jpg)                      # RGB JPEG at the training size: kept
+    write(root / "b.png", png_bytes(face(91, 48)))        # other size: resized and re-encoded
+    write(root / "c.png", png_bytes(face(92, 32).convert("L")))  # grayscale: converted
+    m = write_shards(folder_items(str(root)), cfg(tmp_path / "o", min_size=16), progress=False)
+    samples = all_samples(tmp_path / "o")
+    by_name = {Path(r["source"]).name: samples[r["key"]] for r in m["samples"]}
+    assert by_name["a.jpg"] == {"jpg": ready_jpg, "cls": b"-1", "json": by_name["a.jpg"]["json"]}
+    assert set(by_name["b.png"]) == {"png", "cls", "json"} and set(by_name["c.png"]) == {"png", "cls", "json"}
+    assert Image.open(io.BytesIO(by_name["c.png"]["png"])).mode == "RGB"
+    m2 = write_shards(folder_items(str(root)), cfg(tmp_path / "o2", min_size=16, keep_encoded=False),
+                      progress=False)
+    assert "png" in all_samples(tmp_path / "o2")[m2["samples"][0]["key"]]
+
+
+def test_a_process_killed_by_one_input_rejects_only_that_input(tmp_path):
+    root = tmp_path / "k"
+    for i in range(5):
+        face(500 + i, 48).save(write(root / f"{i}.png", b""))
+    face(600, 33).save(write(root / "killer.png", b""))
+    c = WriterConfig(out=str(tmp_path / "o"), image_size=64, min_size=16, workers=2,
+                     upscaler="tests.data_fixtures:crash_on_33px")
+    m = write_shards(folder_items(str(root)), c, progress=False)
+    assert m["num_samples"] == 5
+    assert [(Path(r["source"]).name, r["reason"]) for r in m["rejected"]] == [("killer.png", "crashed")]
+
+
+def test_errors_beyond_the_checks_are_rejections_not_crashes(tmp_path):
+    z = tmp_path / "bad.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("a/0.png", png_bytes(face(70)))
+        zf.writestr("a/1.png", png_bytes(face(71)))
+    raw = bytearray(z.read_bytes())
+    offset = raw.find(b"IDAT", raw.find(b"a/1.png")) + 20
+    raw[offset] ^= 0xFF  # a flipped byte inside the second member: bad CRC-32
+    z.write_bytes(bytes(raw))
+    m = write_shards(folder_items(str(z), "subfolder"), cfg(tmp_path / "o"), progress=False)
+    assert m["num_samples"] == 1 and [r["reason"] for r in m["rejected"]] == ["unreadable"]
+    assert "CRC" in m["rejected"][0]["detail"]
+    root = tmp_path / "photos"
+    face(1, 64).save(write(root / "p.png", b""))
+    far = {"p.png": np.array([[5000, 5000], [5040, 5000], [5020, 5020], [5005, 5040], [5035, 5040]], float)}
+    m = write_shards(face_items(str(root), far, [], "lm.csv"), cfg(tmp_path / "o2"), progress=False)
+    assert m["num_samples"] == 0 and len(m["rejected"]) == 1  # landmarks far outside the photo
+    assert m["rejected"][0]["reason"] in ("landmarks", "failed")
+
+
+def test_bom_and_quoted_newlines_keep_csv_line_numbers(tmp_path):
+    root, _ = webtoon_crawl(tmp_path)
+    text = '\ufefffilename,x1,y1,x2,y2\n"titleA/ep1/\n001.png",1,2,3,4\ntitleA/ep1/001.png,1,2,x,4\n'
+    path = write(tmp_path / "bom.csv", text.encode("utf-8"))
+    listing = box_items(str(root), str(path), "title")
+    malformed = [r["source"].rsplit(":", 1)[1] for r in listing.rejects if r["reason"] == "malformed_row"]
+    assert malformed == ["4"]  # the header is recognised despite the BOM; the row after the quoted newline is line 4
