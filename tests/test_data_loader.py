@@ -276,3 +276,12 @@ def test_changed_block_layout_is_not_read_as_the_old_position(shard_dir, capsys)
     again = ShardLoader(LoaderConfig(shard_dir, batch_size=3, workers=1, shards_per_block=2), 0, 1)
     again.load_state_dict(other.state_dict())  # a second change: a seed of its own
     assert again.stream_seed not in (0, other.stream_seed) and again.consumed_before == 9
+
+
+def test_to_device_gives_the_same_values_on_both_paths():
+    x = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 4, 1)
+    cpu = to_device(x, "cpu")
+    other = to_device(x, "cpu", dtype=torch.float64)  # the torch path
+    assert cpu.dtype == torch.float32 and cpu.shape == x.shape and cpu.is_contiguous()
+    assert cpu[0, 0, 0, 0] == -1 and cpu[0, 0, 0, 255] == 1
+    torch.testing.assert_close(cpu.double(), other, atol=1e-6, rtol=0)
