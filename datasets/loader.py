@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tarfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
@@ -40,6 +42,8 @@ from .images import decode_array
 from .remote import check_url, join, open_url, read_json
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+# Errors that come from the bytes of a shard (or its absence), not from the way to it.
+_PERMANENT = (tarfile.TarError, EOFError, ValueError, FileNotFoundError, DataError)
 
 
 @dataclass
@@ -68,6 +72,10 @@ class LoaderConfig:
     """Pin batches in page-locked memory (for asynchronous copies to a GPU)."""
     prefetch: int = 2
     """Batches each worker prepares ahead."""
+    read_retries: int = 3
+    """Reopen a shard this many times after a transient read error (not for damaged data)."""
+    read_backoff_s: float = 1.0
+    """Wait before the first reopen; doubled for each further one."""
 
 
 class ShardSet(NamedTuple):
@@ -146,22 +154,36 @@ class _Stream(IterableDataset):
 
     # -- shared pieces
     def _members(self, shard: int, skipped: Counter) -> Iterator[dict]:
+        """Samples of one shard; transient read errors reopen it and go on after what was given."""
         url, n = self.shards.urls[shard], 0
-        try:
-            with open_url(url, "rb", self.cfg.allow_pipe) as f:
-                files = ({**member, "__url__": url} for member in tar_file_iterator(f))
-                for n, sample in enumerate(group_by_keys(files), start=1):
-                    yield sample
-        except Exception as e:  # noqa: BLE001 - tar, I/O and any fsspec backend's errors alike
-            skipped["bad_shard"] += 1
-            print(f"[data] rank {self.rank}: skipping the rest of {url} after {n} samples: "
-                  f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            return
+        for attempt in range(self.cfg.read_retries + 1):
+            try:
+                with open_url(url, "rb", self.cfg.allow_pipe) as f:
+                    files = ({**member, "__url__": url} for member in tar_file_iterator(f))
+                    for m, sample in enumerate(group_by_keys(files)):
+                        if m >= n:  # after a reopen, skip (undecoded) what was already given
+                            n = m + 1
+                            yield sample
+                break
+            except _PERMANENT as e:  # the bytes themselves are bad: reading again gives the same
+                self._skip(skipped, "bad_shard", f"{url} after {n} samples: {type(e).__name__}: {e}")
+                return
+            except Exception as e:  # noqa: BLE001 - object-store hiccups; any fsspec backend's errors
+                if attempt == self.cfg.read_retries:
+                    self._skip(skipped, "bad_shard", f"{url} after {n} samples and {attempt} retries: "
+                                                     f"{type(e).__name__}: {e}")
+                    return
+                print(f"[data] rank {self.rank}: reading {url} failed after {n} samples "
+                      f"({type(e).__name__}: {e}); retry {attempt + 1}", file=sys.stderr, flush=True)
+                time.sleep(self.cfg.read_backoff_s * 2 ** attempt)
         if n < self.shards.counts[shard]:
             # A tar cut at a member boundary reads as a shorter, valid archive.
-            skipped["short_shard"] += 1
-            print(f"[data] rank {self.rank}: skipping the rest of {url}: {n} samples, the manifest says "
-                  f"{self.shards.counts[shard]} (truncated?)", file=sys.stderr, flush=True)
+            self._skip(skipped, "short_shard", f"{url}: {n} samples, the manifest says "
+                                               f"{self.shards.counts[shard]} (truncated?)")
+
+    def _skip(self, skipped: Counter, reason: str, detail: str) -> None:
+        skipped[reason] += 1
+        print(f"[data] rank {self.rank}: skipping the rest of {detail}", file=sys.stderr, flush=True)
 
     def _decode(self, raw: dict, skipped: Counter) -> tuple[np.ndarray, int] | None:
         data = next((raw[k] for k in IMAGE_KEYS if k in raw), None)

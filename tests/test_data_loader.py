@@ -285,3 +285,43 @@ def test_to_device_gives_the_same_values_on_both_paths():
     assert cpu.dtype == torch.float32 and cpu.shape == x.shape and cpu.is_contiguous()
     assert cpu[0, 0, 0, 0] == -1 and cpu[0, 0, 0, 255] == 1
     torch.testing.assert_close(cpu.double(), other, atol=1e-6, rtol=0)
+
+
+def test_transient_read_errors_reopen_the_shard_and_lose_nothing(shard_dir, monkeypatch, capsys):
+    import datasets.loader as loader_mod
+
+    real_open, failures = loader_mod.open_url, {}
+
+    class Flaky(io.RawIOBase):
+        """Dies once per shard after 3000 bytes, like a dropped object-store connection."""
+
+        def __init__(self, f):
+            self.f, self.read_so_far = f, 0
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            if self.read_so_far > 3000:
+                raise ConnectionResetError("connection reset by peer")
+            data = self.f.read(min(len(b), 1024))
+            b[: len(data)] = data
+            self.read_so_far += len(data)
+            return len(data)
+
+        def close(self):
+            self.f.close()
+            super().close()
+
+    def flaky_open(url, mode="rb", allow_pipe=False):
+        f = real_open(url, mode, allow_pipe)
+        if failures.setdefault(url, 0) == 0:
+            failures[url] += 1
+            return io.BufferedReader(Flaky(f))
+        return f
+
+    monkeypatch.setattr(loader_mod, "open_url", flaky_open)
+    ev = ShardLoader(LoaderConfig(shard_dir, batch_size=4, workers=0, read_backoff_s=0.01), 0, 1, "eval")
+    seen = [int(i) for b in ev for i in b.index]
+    assert seen == list(range(24)) and ev.skipped_counts() == {}
+    assert capsys.readouterr().err.count("retry 1") == 4  # once per shard
