@@ -9,8 +9,6 @@ that cannot become a sample raise ``datasets.errors.Rejected`` (reasons
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -20,6 +18,7 @@ from PIL import Image
 
 from datasets.errors import DataError, Rejected
 from datasets.remote import read_bytes
+from datasets.tables import table_rows
 
 Box = tuple[float, float, float, float]
 
@@ -320,32 +319,10 @@ def _read_json(text: str) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]
     return found, bad
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
-
-
 def _read_table(text: str) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
     found: dict[str, np.ndarray] = {}
     bad: list[tuple[int, str]] = []
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if "\t" in first else ",")
-    seen_content = False
-    for row in reader:
-        lineno = reader.line_num
-        fields = [f.strip() for f in row]
-        while fields and not fields[-1]:
-            fields.pop()  # a trailing delimiter is not a field
-        if not fields or fields[0].startswith("#"):
-            continue
-        # A header is the first content row with no number after the name.
-        header = not seen_content and not any(map(_is_number, fields[1:]))
-        seen_content = True
-        if header:
-            continue
+    for lineno, fields in table_rows(text):
         if len(fields) != 11:
             bad.append((lineno, f"expected 11 fields, got {len(fields)}"))
             continue

@@ -18,8 +18,6 @@ without landmarks become ``Reject`` records here, with their line numbers.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import zipfile
@@ -27,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import DataError
-from .remote import fs_and_path, join, read_bytes
+from .remote import fs_and_path, join, open_url, read_bytes
+from .tables import table_rows
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 KINDS = ("folder", "boxes", "faces", "lmdb")
@@ -75,7 +74,7 @@ def list_files(root: str) -> list[str]:
     counts them, so a stray file is visible rather than silently ignored.
     """
     if root.lower().endswith(".zip"):
-        with zipfile.ZipFile(io.BytesIO(read_bytes(root))) as z:
+        with open_url(root) as f, zipfile.ZipFile(f) as z:  # streamed: zips can be GBs
             names = [n for n in z.namelist() if not n.endswith("/")]
     else:
         fs, base = fs_and_path(root)
@@ -114,16 +113,10 @@ def read_box_csv(url: str) -> tuple[dict[str, list[list[float]]], list[tuple[int
     boxes: dict[str, list[list[float]]] = {}
     bad: list[tuple[int, str]] = []
     text = read_bytes(url).decode("utf-8-sig", errors="replace")  # -sig: spreadsheet exports start with a BOM
-    reader = csv.reader(io.StringIO(text))
-    for row in reader:
-        line_no = reader.line_num  # the physical line, also after quoted newlines
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if line_no == 1 and row[0].strip().lower() in ("filename", "file", "path", "image"):
-            continue
+    for line_no, row in table_rows(text):
         try:
-            boxes.setdefault(row[0].strip(), []).append(_floats([v.strip() for v in row[1:]], 4))
-        except (ValueError, IndexError) as e:
+            boxes.setdefault(row[0], []).append(_floats(row[1:], 4))
+        except ValueError as e:
             bad.append((line_no, f"{e}: {','.join(row)[:120]}"))
     return boxes, bad
 
