@@ -365,8 +365,11 @@ class ShardLoader:
         ds = _Stream(self.shards, self.cfg, self.rank, self.world, self.mode, self.stream_seed,
                      list(self.positions), self.batches % self.nworkers, [dict(s) for s in self.skipped])
         kw = {"prefetch_factor": self.cfg.prefetch, "persistent_workers": False} if self.cfg.workers else {}
+        # A private generator: DataLoader draws its worker base seed from it, and drawing
+        # from the global RNG would shift a resumed trainer's random stream.
+        gen = torch.Generator().manual_seed(self.stream_seed)
         return DataLoader(ds, batch_size=None, num_workers=self.cfg.workers,
-                          pin_memory=self.cfg.pin_memory, **kw)
+                          pin_memory=self.cfg.pin_memory, generator=gen, **kw)
 
     def __iter__(self) -> Iterator[Batch]:
         limit = len(self) if self.mode == "train" and self.cfg.epoch_samples is not None else None

@@ -89,3 +89,18 @@ def crash_on_33px(img: Image.Image, size: int) -> Image.Image:
 
         os._exit(3)
     return img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def face_shards(root: Path, n: int, size: int, shard_samples: int = 16) -> str:
+    """A folder of ``n`` distinct faces written as ``size`` px training shards; returns the shard folder."""
+    from datasets.process import WriterConfig
+    from datasets.shards import write_shards
+    from datasets.sources import folder_items
+
+    for j in range(n):
+        face(5000 + j, max(size, 48)).save(write(root / "raw" / f"{j:04d}.png", b""))
+    out = str(root / "shards")
+    write_shards(folder_items(str(root / "raw"), "none"),
+                 WriterConfig(out=out, image_size=size, workers=0, min_size=16, shard_samples=shard_samples),
+                 progress=False, log=lambda _: None)
+    return out

@@ -1,0 +1,240 @@
+"""GAN fine-tuning end to end at 32 px: every feature, two-process sync, exact resume, exports, bad input."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from data_fixtures import face_shards
+from launch import train_gan as cli
+from trainer.config_io import field_docs
+from trainer.gan_config import GANConfig
+from trainer.gan_setup import generator_frozen_names
+from trainer.model_io import load_checkpoint, save_checkpoint
+from trainer.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
+STEP_KIMG = 0.008  # one step of the tiny config's global batch of 8
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return face_shards(tmp_path_factory.mktemp("gan_data"), 48, 32)
+
+
+@pytest.fixture(scope="module")
+def init_full(tmp_path_factory) -> Path:
+    """A full rosinality training checkpoint (g, g_ema, d) at 32 px."""
+    torch.manual_seed(11)
+    G = Generator(GeneratorConfig(size=32, **TINY))
+    G.update_w_avg()
+    D = Discriminator(DiscriminatorConfig(size=32, channel_multiplier=0.0625, channel_max=32))
+    return save_checkpoint(tmp_path_factory.mktemp("init") / "full.pt", "rosinality", g_ema=G, g=G, d=D)
+
+
+@pytest.fixture(scope="module")
+def init_ffhq_style(tmp_path_factory) -> Path:
+    """Like a converted FFHQ file: g_ema and latent_avg only."""
+    torch.manual_seed(12)
+    G = Generator(GeneratorConfig(size=32, **TINY))
+    G.update_w_avg()
+    return save_checkpoint(tmp_path_factory.mktemp("init") / "gema.pt", "rosinality", g_ema=G)
+
+
+def args(shards: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
+    return ["--config", str(ROOT / "launch/configs/tiny.yaml"), f"loader.data={shards}", f"run.dir={run_dir}",
+            f"run.total_kimg={steps * STEP_KIMG}", f"run.tick_kimg={2 * STEP_KIMG}", "loss.r1_interval=2",
+            "loss.pl_interval=2", "loader.workers=0", *extra]
+
+
+def run_inprocess(argv: list[str], monkeypatch) -> int:
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    return cli.main(argv)
+
+
+def torchrun(nproc: int, argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "launch.train_gan", *argv]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def stats(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+
+
+def flat_checkpoint(ckpt: str, out: Path) -> dict:
+    """Every value of a DCP checkpoint, flattened to dotted keys (independent of our loader)."""
+    dcp_to_torch_save(ckpt, out)
+    def walk(d, p=""):
+        for k, v in d.items():
+            yield from walk(v, f"{p}{k}.") if isinstance(v, dict) else [(p + str(k), v)]
+    return dict(walk(torch.load(out, weights_only=False)))
+
+
+def latest_ckpt(run_dir: Path) -> str:
+    return sorted(glob.glob(str(run_dir / "checkpoints/ckpt-*")))[-1]
+
+
+# ----------------------------------------------------------------------------
+# Every feature, one process.
+
+FEATURES = {
+    "plain": ["ada.mode=noaug", "loss.style_mixing=0.9"],
+    "ada": ["ada.p=0.5", "ada.kimg_pretrained=0.5"],
+    "freezed_nvlabs": ["freeze.d=4"],
+    "freezed_cartoon": ["freeze.d=2", "freeze.d_convention=cartoon"],
+    "freezeg": ["freeze.g_res=16", "freeze.g_mapping=true"],
+    "freezesg_structure": ["freeze.style=3", "freeze.structure_layers=2", "loss.style_mixing=0"],
+    "structure_rgb": ["freeze.structure_layers=3", "freeze.structure_target=rgb", "freeze.structure_weight=2"],
+    "bf16": ["model.mixed_precision=bf16", "model.num_fp16_res=2"],
+    "fp16": ["model.mixed_precision=fp16", "model.num_fp16_res=1"],
+}
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_feature_runs_train_and_keep_frozen_weights(feature, shards, init_full, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_inprocess(args(shards, run, 4, f"model.init={init_full}", *FEATURES[feature]), monkeypatch) == 0
+    init, out = load_checkpoint(init_full), load_checkpoint(run / "network.pt")
+    o = {kv.split("=")[0]: kv.split("=")[1] for kv in FEATURES[feature]}
+    g_frozen = set(generator_frozen_names(out.g, int(o.get("freeze.g_res", 0)), o.get("freeze.g_mapping") == "true"))
+    d_frozen = set(out.d.freeze_names(int(o.get("freeze.d", 0)), o.get("freeze.d_convention", "nvlabs")))
+    for net, ref, frozen in ((out.g, init.g, g_frozen), (out.d, init.d, d_frozen)):
+        before, after = dict(ref.named_parameters()), dict(net.named_parameters())
+        for name in after:
+            same = torch.equal(before[name], after[name])
+            assert same == (name in frozen), f"{feature}: {name} frozen={name in frozen} unchanged={same}"
+    rows = stats(run)
+    assert rows[-1]["Progress/kimg"] == pytest.approx(4 * STEP_KIMG)
+    for key in ("Loss/G/loss", "Loss/D/loss", "Loss/r1_penalty", "Loss/pl_penalty", "Timing/sec_per_kimg",
+                "Timing/kimg_per_sec", "Progress/augment_p", "Resources/gpu_mem_gib", "Ops/bias_act/ref"):
+        assert any(key in r for r in rows), key
+    if "structure" in feature:
+        assert all(r["Loss/G/structure"] > 0 for r in rows)
+    if feature == "fp16":
+        assert rows[-1]["Progress/loss_scale_G"] >= 1 and rows[-1]["Progress/nonfinite_steps"] == 0
+    if feature == "ada":
+        assert rows[-1]["Progress/augment_p"] != 0.5 and "Progress/ada_rt" in rows[-1]
+    for name in ("config.yaml", "log.txt", "fakes-tick00001.png", "network-rosinality.pt"):
+        assert (run / name).is_file(), name
+    assert glob.glob(str(run / "events.out.tfevents.*"))
+
+
+def test_starts_from_a_gema_only_file_with_fresh_d(shards, init_ffhq_style, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    assert run_inprocess(args(shards, run, 2, f"model.init={init_ffhq_style}", "freeze.style=2"), monkeypatch) == 0
+    out, init = load_checkpoint(run / "network.pt"), load_checkpoint(init_ffhq_style)
+    assert torch.equal(out.g_ema.w_avg, init.g_ema.w_avg)
+    assert not torch.equal(out.g.convs[-1].conv.weight, init.g_ema.convs[-1].conv.weight)
+
+
+# ----------------------------------------------------------------------------
+# Two processes: identical gradients after every phase, exact resume, another world size.
+
+def test_two_processes_sync_resume_bitwise_and_at_another_world_size(shards, init_full, tmp_path, monkeypatch):
+    feats = [f"model.init={init_full}", "ada.p=0.3", "ada.interval=2", "freeze.d=2", "freeze.style=2",
+             "freeze.structure_layers=2", "run.check_sync=true", "run.ckpt_ticks=100"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = torchrun(2, args(shards, a, 8, *feats))
+    assert "2 process(es)" in r.stdout
+    torchrun(2, args(shards, b, 4, *feats))
+    torchrun(2, ["--resume", "latest", f"run.dir={b}", f"run.total_kimg={8 * STEP_KIMG}"])
+    sync = [row["Debug/sync_checks"] for row in stats(a)]
+    assert sync and all(v == 1.0 for v in sync)  # every phase of every step was hash-compared across ranks
+    fa = flat_checkpoint(latest_ckpt(a), tmp_path / "a.pt")
+    fb = flat_checkpoint(latest_ckpt(b), tmp_path / "b.pt")
+    assert set(fa) == set(fb)
+    assert any(k.startswith("opt_G.state.") and k.endswith("exp_avg_sq") for k in fa)
+    differ = [k for k in fa if not (torch.equal(fa[k], fb[k]) if torch.is_tensor(fa[k]) else fa[k] == fb[k])]
+    assert differ == []
+    for rank in (0, 1):
+        ra = torch.load(Path(latest_ckpt(a)) / f"rank{rank:05d}.pt", weights_only=True)
+        rb = torch.load(Path(latest_ckpt(b)) / f"rank{rank:05d}.pt", weights_only=True)
+        assert torch.equal(ra["rng"]["cpu"], rb["rng"]["cpu"]) and ra["loader"] == rb["loader"]
+    # The half-way checkpoint of b, continued by one process: runs to the end with the same global batch.
+    half = sorted(glob.glob(str(b / "checkpoints/ckpt-*")))[0]
+    c = tmp_path / "c"
+    assert run_inprocess(["--resume", half, f"run.dir={c}", f"run.total_kimg={8 * STEP_KIMG}"], monkeypatch) == 0
+    assert "(2 -> 1 processes)" in (c / "log.txt").read_text()
+    assert stats(c)[-1]["Progress/kimg"] == pytest.approx(8 * STEP_KIMG)
+
+
+# ----------------------------------------------------------------------------
+# Exports, help, bad input.
+
+def test_export_cli_writes_the_checkpoint_networks(shards, tmp_path, monkeypatch):
+    from launch import export_gan
+    run = tmp_path / "run"
+    assert run_inprocess(args(shards, run, 2), monkeypatch) == 0
+    flat = flat_checkpoint(latest_ckpt(run), tmp_path / "flat.pt")
+    for fmt in ("rosinality", "toonmix"):
+        out = tmp_path / f"{fmt}.pt"
+        assert export_gan.main(["--ckpt", str(run / "checkpoints/latest"), "--out", str(out), "--format", fmt]) == 0
+        ck = load_checkpoint(out)
+        assert ck.format == fmt and ck.d is not None and ck.g is not None
+        for name, t in ck.g_ema.state_dict().items():
+            assert torch.equal(t, flat[f"G_ema.{name}"]), name
+
+
+def test_help_lists_every_configuration_key():
+    r = subprocess.run([sys.executable, "-m", "launch.train_gan", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0
+    for key, *_ in field_docs(GANConfig):
+        assert f"  {key} (" in r.stdout, key
+    assert "--resume" in r.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("loss.r1_gama=3", "did you mean loss.r1_gamma"),
+    ("optim.batch=seven", "optim.batch must be int"),
+    ("ada.mode=sometimes", "ada.mode must be one of"),
+    ("optim.batch=6", "does not divide"),
+    ("freeze.style=2", "need a source generator"),
+])
+def test_bad_configuration_is_a_clear_error(override, message, shards, tmp_path, monkeypatch, capsys):
+    code = run_inprocess(args(shards, tmp_path / "run", 2, override, "optim.batch_gpu=4"), monkeypatch)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checkpoint_for_another_resolution_is_refused(shards, tmp_path, monkeypatch, capsys):
+    G = Generator(GeneratorConfig(size=64, **TINY))
+    path = save_checkpoint(tmp_path / "g64.pt", "rosinality", g_ema=G)
+    assert run_inprocess(args(shards, tmp_path / "run", 2, f"model.init={path}"), monkeypatch) == 2
+    assert "64px" in capsys.readouterr().err
+
+
+def test_empty_shard_folder_and_missing_resume_are_clear_errors(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    assert run_inprocess(args(str(tmp_path / "empty"), tmp_path / "run", 2), monkeypatch) == 2
+    assert "loader.data" in capsys.readouterr().err
+    assert run_inprocess(["--resume", "latest", f"run.dir={tmp_path / 'nothing'}"], monkeypatch) == 2
+    assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_persistent_nan_stops_with_a_checkpoint_of_the_last_good_state(shards, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    code = run_inprocess(args(shards, run, 40, "optim.g_lr=1e30", "optim.d_lr=1e30", "run.max_nonfinite=3"), monkeypatch)
+    assert code == 3
+    assert "consecutive steps with NaN/Inf" in capsys.readouterr().err
+    flat = flat_checkpoint(latest_ckpt(run), tmp_path / "flat.pt")
+    assert all(torch.isfinite(v).all() for k, v in flat.items() if torch.is_tensor(v) and k.startswith("G."))
+    assert flat["train.counters.nonfinite"] == 3
+
+
+def test_freeze_d_beyond_the_discriminator_is_a_config_error(shards, tmp_path, monkeypatch, capsys):
+    assert run_inprocess(args(shards, tmp_path / "run", 2, "freeze.d=99"), monkeypatch) == 2
+    assert "freeze.d: FreezeD 99 exceeds" in capsys.readouterr().err

@@ -1,0 +1,263 @@
+"""The GAN fine-tuning loop: phases Gmain, Gpl, Dmain, Dr1 over the shard stream.
+
+Each phase is one optimizer step: zero the gradients, accumulate over the
+micro-batches, average the gradients of exactly the trainable parameters
+across ranks, step (unless non-finite). The regularisation phases run every
+``interval`` steps with their loss multiplied by the interval (lazy
+regularisation). Progress is counted in images shown to D (kimg) and
+reported every tick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+
+import ops
+from datasets.errors import DataError
+from datasets.loader import ShardLoader, to_device
+from trainer import gan_setup as setup
+from trainer.augment import AugmentPipe
+from trainer.checkpoint import CheckpointManager, OptimizerState
+from trainer.config_io import ConfigError, to_dict, to_yaml
+from trainer.distributed import Dist, rng_state, seed_rank, set_rng_state
+from trainer.gan_config import GANConfig
+from trainer.gan_loss import GANLoss
+from trainer.gan_state import Start, check_resume_compatible, counters
+from trainer.imageio import to_uint8
+from trainer.loss_scale import DynamicLossScale
+from trainer.meters import Meters
+from trainer.runlog import RunLog
+
+
+@dataclass
+class Phase:
+    name: str
+    interval: int
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    scale: DynamicLossScale
+    run: Callable[[torch.Tensor, torch.Tensor, float, float], dict]
+    """(real micro-batch, z micro-batch, gain, loss scale) -> stats."""
+
+
+class NonFiniteError(RuntimeError):
+    """Losses or gradients stayed NaN/Inf for run.max_nonfinite consecutive steps."""
+
+
+def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
+    device = dist.device
+    log = RunLog(start.run_dir, dist.is_main)
+    ops.set_default_impl(cfg.model.ops_impl)
+    per_rank, micro = setup.check_batch(cfg.optim.batch, dist.world, cfg.optim.batch_gpu)
+    meta = start.meta or {}
+
+    # Load data.
+    loader = make_loader(cfg, per_rank, dist, cfg.run.seed)
+
+    # Construct networks. Identical on every rank: rank 0's initialisation is broadcast.
+    seed_rank(cfg.run.seed, 0)
+    nets = setup.build_networks(cfg, loader.image_size, meta.get("g_config"), meta.get("d_config"))
+    G, D, G_ema, G_src = (m.to(device) if m is not None else None for m in (nets.G, nets.D, nets.G_ema, nets.G_src))
+    for m in (G, D, G_ema):
+        dist.broadcast_module(m)
+    g_frozen = setup.generator_frozen_names(G, cfg.freeze.g_res, cfg.freeze.g_mapping)
+    try:
+        d_frozen = D.freeze_names(cfg.freeze.d, cfg.freeze.d_convention)
+    except ValueError as e:
+        raise ConfigError(f"freeze.d: {e}") from None
+    g_params, d_params = setup.apply_freeze(G, g_frozen), setup.apply_freeze(D, d_frozen)
+    augment = AugmentPipe(cfg.ada.pipe).to(device) if cfg.ada.mode != "noaug" else None
+    if augment is not None:
+        augment.set_p(cfg.ada.p)
+    loss = GANLoss(G, D, augment, cfg.loss, cfg.freeze, G_src, reduce_mean=dist.all_reduce_mean)
+    mp = cfg.model.mixed_precision == "fp16"
+    pl_on, r1_on = cfg.loss.pl_weight > 0 and cfg.loss.pl_interval > 0, cfg.loss.r1_gamma > 0 and cfg.loss.r1_interval > 0
+    opt_G = setup.make_adam(g_params, cfg.optim.g_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.pl_interval if pl_on else 0)
+    opt_D = setup.make_adam(d_params, cfg.optim.d_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.r1_interval if r1_on else 0)
+    scale_G, scale_D = DynamicLossScale(mp), DynamicLossScale(mp)
+    phases = [Phase("Gmain", 1, g_params, opt_G, scale_G, lambda x, z, g, s: loss.g_main(z, g, s)),
+              Phase("Dmain", 1, d_params, opt_D, scale_D, lambda x, z, g, s: loss.d_main(x, z, g, s))]
+    if pl_on:
+        phases.insert(1, Phase("Gpl", cfg.loss.pl_interval, g_params, opt_G, scale_G,
+                               lambda x, z, g, s: loss.g_pl(z, g, s)))
+    if r1_on:
+        phases.append(Phase("Dr1", cfg.loss.r1_interval, d_params, opt_D, scale_D,
+                            lambda x, z, g, s: loss.d_r1(x, g, s)))
+    ada_kimg = cfg.ada.kimg_pretrained if nets.pretrained else cfg.ada.kimg
+
+    # Resume. Everything that decides the next step is restored; RNG and data position per rank.
+    ckpt = CheckpointManager(start.ckpt_root, cfg.run.keep_ckpts, dist.rank, dist.world)
+    train = {"pl_mean": loss.pl_mean, "ada_acc": torch.zeros(2, dtype=torch.float64, device=device),
+             "counters": counters(0, 0, 0, 0, 0), "scale_G": scale_G.state_dict(), "scale_D": scale_D.state_dict()}
+    state = {"G": G, "D": D, "G_ema": G_ema, "opt_G": OptimizerState(G, opt_G), "opt_D": OptimizerState(D, opt_D),
+             "train": train, **({"augment": augment} if augment is not None else {}),
+             **({"G_src": G_src} if G_src is not None else {})}
+    seed_rank(cfg.run.seed, dist.rank)
+    if start.resume_from is not None:
+        changed = check_resume_compatible(meta, to_dict(cfg))
+        rank_state, _ = ckpt.load(start.resume_from, state)
+        scale_G.load_state_dict(train["scale_G"])
+        scale_D.load_state_dict(train["scale_D"])
+        same_world = int(meta["world"]) == dist.world and rank_state is not None
+        if same_world:
+            set_rng_state(rank_state["rng"])
+        else:
+            seed_rank(cfg.run.seed, dist.rank, int(meta["nimg"]))
+        if rank_state is not None:
+            loader.load_state_dict(rank_state["loader"])
+        else:  # a rank the saving run did not have: a fresh stream, not a replay of the first images
+            loader = make_loader(cfg, per_rank, dist, cfg.run.seed + int(meta["nimg"]) * dist.world + dist.rank)
+        log.info(f"resumed from {start.resume_from} at kimg {int(meta['nimg']) / 1000:.3f} "
+                 f"({meta['world']} -> {dist.world} processes){'; changed: ' + ', '.join(changed) if changed else ''}")
+    c = {k: int(v) for k, v in train["counters"].items()}
+    step, cur_nimg, tick, tick_nimg, bad_steps = c["step"], c["nimg"], c["tick"], c["tick_nimg"], c["nonfinite"]
+
+    log.write_config(to_yaml(cfg))
+    log.info(f"run folder {start.run_dir}; {dist.world} process(es) on {device}; batch {cfg.optim.batch} "
+             f"({per_rank} per process, micro-batch {micro}); {G.size}px; "
+             + setup.describe_freeze(G, D, g_frozen, d_frozen))
+    grid_z = setup.grid_latents(cfg.run.grid_size, G.style_dim, cfg.run.seed).to(device)
+    meters = Meters(device)
+    data = iter(loader)
+    tick_start = time.time()
+    total_nimg = int(round(cfg.run.total_kimg * 1000))
+    done = cur_nimg >= total_nimg
+
+    def save() -> None:
+        train["counters"] = counters(step, cur_nimg, tick, tick_nimg, bad_steps)
+        train["scale_G"], train["scale_D"] = scale_G.state_dict(), scale_D.state_dict()
+        meta_out = {"step": step, "nimg": cur_nimg, "world": dist.world, "run_dir": str(start.run_dir),
+                    "config": to_dict(cfg), "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict()}
+        path = ckpt.save(step, state, {"rng": rng_state(), "loader": loader.state_dict()}, meta_out)
+        log.info(f"checkpoint {path}")
+
+    # Train.
+    while not done:
+        # Fetch data: the per-rank batch, split into micro-batches.
+        batch = next(data)
+        reals = to_device(batch.images, device).split(micro)
+
+        # Execute phases.
+        step_ok, signs = True, torch.zeros(2, dtype=torch.float64, device=device)
+        for ph in phases:
+            if step % ph.interval:
+                continue
+            ok, outs = run_phase(ph, reals, (g_params, d_params), G.style_dim, dist, cfg.run.check_sync)
+            step_ok &= ok
+            for st in outs:
+                meters.add_all(st)
+                if "Loss/signs/real" in st:
+                    signs += torch.stack([st["Loss/signs/real"].double().sum(), signs.new_tensor(st["Loss/signs/real"].numel())])
+            meters.add("Debug/sync_checks", float(cfg.run.check_sync))
+
+        # Update G_ema.
+        setup.update_ema(G_ema, G, setup.ema_beta(cfg.optim.batch, cfg.optim.ema_kimg, cur_nimg, cfg.optim.ema_rampup))
+        step += 1
+        cur_nimg += cfg.optim.batch
+        bad_steps = 0 if step_ok else bad_steps + 1
+
+        # Update ADA p from the sign of D on reals (summed over ranks every step, so the
+        # accumulator is the same everywhere and checkpoints as one value).
+        if cfg.ada.mode == "ada":
+            train["ada_acc"] += dist.all_reduce_sum(signs)
+            if step % cfg.ada.interval == 0:
+                rt = float(train["ada_acc"][0] / train["ada_acc"][1].clamp(min=1))
+                adjust = (1 if rt > cfg.ada.target else -1) * cfg.optim.batch * cfg.ada.interval / (ada_kimg * 1000)
+                augment.set_p(min(max(float(augment.p) + adjust, 0.0), 1.0))
+                meters.add("Progress/ada_rt", rt)
+                train["ada_acc"].zero_()
+        done = cur_nimg >= total_nimg
+        if bad_steps >= cfg.run.max_nonfinite:
+            save()
+            raise NonFiniteError(f"{bad_steps} consecutive steps with NaN/Inf losses or gradients at kimg "
+                                 f"{cur_nimg / 1000:.3f}; saved the last good state. Check the data, "
+                                 f"lower the learning rates, or train with model.mixed_precision=no.")
+
+        # Tick: report, grids, checkpoint.
+        if not done and cur_nimg < tick_nimg + cfg.run.tick_kimg * 1000:
+            continue
+        tick += 1
+        elapsed = time.time() - tick_start
+        stats = meters.reduce(dist)
+        kimg_tick = (cur_nimg - tick_nimg) / 1000
+        stats.update({"Progress/kimg": cur_nimg / 1000, "Progress/tick": tick,
+                      "Timing/sec_per_kimg": elapsed / max(kimg_tick, 1e-9),
+                      "Timing/kimg_per_sec": kimg_tick / max(elapsed, 1e-9),
+                      "Progress/augment_p": float(augment.p) if augment is not None else 0.0,
+                      "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/nonfinite_steps": bad_steps,
+                      "Progress/loss_scale_G": scale_G.scale, "Progress/loss_scale_D": scale_D.scale})
+        stats.update({f"Ops/{op}/{impl}": n for op, d in ops.impl_counts().items() for impl, n in d.items()})
+        ops.reset_records()
+        log.stats(step, stats, kimg=cur_nimg / 1000)
+        log.info(f"tick {tick} kimg {cur_nimg / 1000:.3f} step {step} sec/kimg {stats['Timing/sec_per_kimg']:.2f} "
+                 f"G {stats.get('Loss/G/loss', float('nan')):.3f} D {stats.get('Loss/D/loss', float('nan')):.3f} "
+                 f"r1 {stats.get('Loss/r1_penalty', float('nan')):.3g} p {stats['Progress/augment_p']:.3f} "
+                 f"rt {stats.get('Loss/signs/real', float('nan')):.3f} mem {stats['Resources/gpu_mem_gib']:.2f}GiB")
+        if dist.is_main:
+            log.image_grid(sample_grid(G_ema, grid_z), f"fakes-tick{tick:05d}", step)
+        tick_nimg, tick_start = cur_nimg, time.time()
+        if tick % cfg.run.ckpt_ticks == 0 or done:
+            save()
+        if dist.is_main and ((cfg.run.export_ticks and tick % cfg.run.export_ticks == 0) or done):
+            for name, fmt in (("network-rosinality.pt", "rosinality"), ("network.pt", "toonmix")):
+                setup.export_networks(start.run_dir / name, fmt, G_ema, G, D)
+            log.info(f"exported G_ema, G and D to {start.run_dir}/network.pt and network-rosinality.pt")
+    dist.barrier()
+    return log
+
+
+def make_loader(cfg: GANConfig, per_rank: int, dist: Dist, seed: int) -> ShardLoader:
+    try:
+        loader = ShardLoader(replace(cfg.loader, batch_size=per_rank, seed=seed), dist.rank, dist.world)
+    except DataError as e:
+        raise DataError(f"loader.data={cfg.loader.data}: {e}") from e
+    if loader.shards.total == 0:
+        raise DataError(f"loader.data={cfg.loader.data} holds no samples: write shards first "
+                        "(python -m launch.make_shards --help)")
+    return loader
+
+
+def run_phase(ph: Phase, reals: tuple[torch.Tensor, ...], nets_params: tuple[list, list], style_dim: int,
+              dist: Dist, check_sync: bool) -> tuple[bool, list[dict]]:
+    """One optimizer step of ``ph`` over the micro-batches; returns (stepped, stats per micro-batch)."""
+    # Only this phase's network collects gradients; frozen parameters never do.
+    for params in nets_params:
+        for p in params:
+            p.requires_grad_(params is ph.params)
+    ph.opt.zero_grad(set_to_none=True)
+    gain = ph.interval / len(reals)  # lazy-regularisation weight; mean over micro-batches
+    outs = []
+    for x in reals:
+        z = torch.randn(x.shape[0], style_dim, device=x.device)
+        outs.append(ph.run(x, z, gain, ph.scale.scale))
+    finite = dist.average_gradients(ph.params)
+    if check_sync:
+        assert_in_sync(dist, ph)
+    stepped = ph.scale.unscale_and_check(ph.params, finite)
+    if stepped:
+        ph.opt.step()
+    ph.opt.zero_grad(set_to_none=True)  # no stale .grad may meet a checkpoint load
+    return stepped, outs
+
+
+def assert_in_sync(dist: Dist, ph: Phase) -> None:
+    """Raises unless every rank holds bitwise-identical gradients and weights for ``ph``."""
+    digest = hashlib.sha256()
+    for p in ph.params:
+        digest.update(p.detach().cpu().numpy().tobytes())
+        digest.update(p.grad.detach().cpu().numpy().tobytes())
+    seen = dist.gather_objects(digest.hexdigest())
+    if len(set(seen)) != 1:
+        raise RuntimeError(f"phase {ph.name}: ranks disagree on gradients or weights ({seen})")
+
+
+@torch.no_grad()
+def sample_grid(G_ema: torch.nn.Module, z: torch.Tensor, chunk: int = 8):
+    """uint8 images of the fixed grid latents (const noise: comparable across ticks)."""
+    imgs = [G_ema(zc, noise_mode="const") for zc in z.split(chunk)]
+    return to_uint8(torch.cat(imgs))
