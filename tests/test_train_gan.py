@@ -238,3 +238,31 @@ def test_persistent_nan_stops_with_a_checkpoint_of_the_last_good_state(shards, t
 def test_freeze_d_beyond_the_discriminator_is_a_config_error(shards, tmp_path, monkeypatch, capsys):
     assert run_inprocess(args(shards, tmp_path / "run", 2, "freeze.d=99"), monkeypatch) == 2
     assert "freeze.d: FreezeD 99 exceeds" in capsys.readouterr().err
+
+
+def test_a_few_hundred_steps_close_the_gap_to_the_data(tmp_path, monkeypatch):
+    """A real learning signal at 16 px: G_ema's pixel statistics approach the data's, and
+    D's advantage (mean score on reals minus on fakes) falls from its peak."""
+    from datasets.loader import LoaderConfig, ShardLoader, to_device
+
+    data = face_shards(tmp_path / "data", 64, 16)
+    run = tmp_path / "run"
+    argv = ["--config", str(ROOT / "launch/configs/tiny.yaml"), f"loader.data={data}", f"run.dir={run}",
+            "run.total_kimg=2.4", "run.tick_kimg=0.4", "loader.workers=0", "ada.mode=noaug", "run.ckpt_ticks=100",
+            "optim.ema_kimg=0.02"]
+    assert run_inprocess(argv, monkeypatch) == 0
+    loader = ShardLoader(LoaderConfig(data, batch_size=16, workers=0), 0, 1, "eval")
+    real = torch.cat([to_device(b.images, "cpu") for b in loader])
+
+    def gap(G) -> float:
+        with torch.no_grad():
+            z = torch.randn(256, G.style_dim, generator=torch.Generator().manual_seed(0))
+            fake = G(z, noise_mode="const").clamp(-1, 1)
+        return float((real.mean(0) - fake.mean(0)).square().mean() + (real.std(0) - fake.std(0)).square().mean())
+
+    trained = load_checkpoint(run / "network.pt").g_ema
+    torch.manual_seed(0)
+    untrained = Generator(trained.cfg)
+    assert gap(trained) < gap(untrained) / 3
+    adv = [r["Loss/scores/real"] - r["Loss/scores/fake"] for r in stats(run)]
+    assert len(adv) == 6 and adv[-1] < 0.8 * max(adv)

@@ -64,7 +64,7 @@ def raw_config(path: str | Path | None = None, overrides: list[str] | None = Non
 def build(cls: type[T], data: dict, prefix: str = "") -> T:
     """Builds the dataclass ``cls`` from a nested dict, checking keys and types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
@@ -77,6 +77,9 @@ def build(cls: type[T], data: dict, prefix: str = "") -> T:
         key = prefix + name
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                if dataclasses.is_dataclass(hints[name]):  # name the leaf that is missing
+                    kwargs[name] = build(hints[name], {}, key + ".")
+                    continue
                 raise ConfigError(f"missing required key {key}")
             continue
         kwargs[name] = _coerce(hints[name], data[name], key)
