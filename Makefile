@@ -32,6 +32,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/train_gan.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -102,3 +102,11 @@ def test_resume_refuses_a_changed_frozen_set():
     with pytest.raises(ConfigError, match="freeze.d"):
         check_resume_compatible(meta, to_dict(load_config(GANConfig, None, ["loader.data=/x", "freeze.d=2"])))
     assert math.isfinite(base.loss.r1_gamma)
+
+
+@pytest.mark.parametrize("name", ["tiny", "webtoon1024", "freezesg256", "structure256"])
+def test_shipped_gan_configs_parse_and_validate(name):
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "launch" / "configs" / f"{name}.yaml"
+    cfg = load_config(GANConfig, path)
+    assert cfg.loader.data and cfg.run.desc == name

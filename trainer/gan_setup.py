@@ -80,7 +80,9 @@ def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None
         G.update_w_avg()
     G_ema = (_with_precision(ema, cfg) if ema is not None else copy.deepcopy(G)).eval().requires_grad_(False)
     G_src = None
-    if cfg.needs_source:
+    if cfg.needs_source and g_config is not None:  # resuming: its weights are in the checkpoint
+        G_src = Generator(GeneratorConfig(**g_config)).eval().requires_grad_(False)
+    elif cfg.needs_source:
         src = cfg.freeze.source or m.init
         if src is None:
             raise CheckpointError("FreezeSG / structure loss need a source generator: set model.init or freeze.source")

@@ -82,6 +82,9 @@ def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
                if old[s][k] != cfg_dict[s].get(k)]
     fatal = [k for k in changed if k in ("model.mixed_precision", "freeze.d", "freeze.d_convention",
                                          "freeze.g_res", "freeze.g_mapping")]
+    source = lambda c: c["freeze"]["style"] > 0 or c["freeze"]["structure_layers"] > 0  # noqa: E731
+    if source(old) != source(cfg_dict):
+        fatal.append("freeze.style/freeze.structure_layers (whether a source generator is used)")
     if fatal:
         raise ConfigError(f"cannot resume with changed {fatal}: the optimizer state covers other parameters")
     return changed
