@@ -57,7 +57,11 @@ def raw_config(path: str | Path | None = None, overrides: list[str] | None = Non
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
-        _set(data, key.strip().split("."), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+        _set(data, key.strip().split("."), value)
     return data
 
 

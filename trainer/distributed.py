@@ -112,14 +112,14 @@ def seed_rank(seed: int, rank: int, nimg: int = 0) -> None:
 
 
 def rng_state() -> dict[str, torch.Tensor]:
-    """This process's torch RNG states (CPU and every visible CUDA device)."""
+    """This process's torch RNG states (CPU and its current CUDA device)."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device only
     return state
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+        torch.cuda.set_rng_state(state["cuda"])

@@ -24,6 +24,7 @@ from trainer.gan_config import FreezeConfig, LossConfig
 from trainer.networks import Discriminator, Generator, GeneratorOutput
 
 Stats = dict[str, torch.Tensor]
+W_AVG_BETA = 0.995
 
 
 class GANLoss:
@@ -42,13 +43,14 @@ class GANLoss:
     # ------------------------------------------------------------------
     # Sampling: one latent draw feeds both generators (same z, mixing, noise).
 
-    def _ws(self, G: Generator, z: torch.Tensor, z2: torch.Tensor, cross: int) -> torch.Tensor:
-        ws = G.broadcast(G.mapping(z))
+    def _mix(self, G: Generator, w: torch.Tensor, z2: torch.Tensor, cross: int) -> torch.Tensor:
+        ws = G.broadcast(w)
         if cross < G.n_latent:
             ws = torch.cat([ws[:, :cross], G.broadcast(G.mapping(z2))[:, cross:]], dim=1)
         return ws
 
-    def generate(self, z: torch.Tensor, features: bool = False) -> tuple[GeneratorOutput, GeneratorOutput | None]:
+    def generate(self, z: torch.Tensor, features: bool = False,
+                 track_w_avg: bool = False) -> tuple[GeneratorOutput, GeneratorOutput | None]:
         """Trained G's output and, when the structure loss needs it, the source G's, from
         the same z, mixing crossover and noise. Random draws do not depend on the branch taken."""
         G = self.G
@@ -57,11 +59,14 @@ class GANLoss:
         if not float(torch.rand(())) < self.cfg.style_mixing:
             cross = G.n_latent
         noise = G.make_noise(z.shape[0], "random", z.device)
-        ws = self._ws(G, z, z2, cross)
+        w = G.mapping(z)
+        if track_w_avg:
+            self._track_w_avg(w)
+        ws = self._mix(G, w, z2, cross)
         src = None
         if self.G_src is not None and (self.freeze.style or features):
             with torch.no_grad():
-                ws_src = self._ws(self.G_src, z, z2, cross)
+                ws_src = self._mix(self.G_src, self.G_src.mapping(z), z2, cross)
             if self.freeze.style:
                 ws = torch.cat([ws_src[:, :self.freeze.style], ws[:, self.freeze.style:]], dim=1)
             if features:
@@ -70,6 +75,14 @@ class GANLoss:
         if not ws.requires_grad and torch.is_grad_enabled():
             ws = ws.detach().requires_grad_(True)  # frozen mapping: path length still needs d img / d ws
         return G.synthesis(ws, noise=noise), src
+
+    @torch.no_grad()
+    def _track_w_avg(self, w: torch.Tensor) -> None:
+        """w_avg follows the mapping as it trains (NVlabs, beta 0.995), averaged over ranks so
+        every rank keeps the same value; truncation of the exported G uses it."""
+        mean = self.reduce_mean(w.detach().float().mean(0).clone())
+        new = mean.lerp(self.G.w_avg, W_AVG_BETA)
+        self.G.w_avg.copy_(torch.where(torch.isfinite(new).all(), new, self.G.w_avg))
 
     def run_D(self, img: torch.Tensor) -> torch.Tensor:
         if self.augment is not None:
@@ -106,9 +119,13 @@ class GANLoss:
         pl_noise = torch.randn_like(img) / (img.shape[2] * img.shape[3]) ** 0.5
         grads, = torch.autograd.grad((img * pl_noise).sum() * scale, out.ws, create_graph=True)
         lengths = (grads / scale).square().sum(2).mean(1).sqrt()
-        mean_now = self.reduce_mean(lengths.mean().detach().clone())
-        self.pl_mean.copy_(self.pl_mean.lerp(mean_now, self.cfg.pl_decay))
-        penalty = (lengths - self.pl_mean).square()
+        # The penalty sees this batch's contribution to the mean with its gradient (NVlabs);
+        # the stored mean moves by the mean over ranks, so it stays identical everywhere.
+        pl_mean = self.pl_mean.lerp(lengths.mean(), self.cfg.pl_decay)
+        stored = self.pl_mean.lerp(self.reduce_mean(lengths.mean().detach().clone()), self.cfg.pl_decay)
+        # A non-finite batch (an fp16 overflow) must not poison the running mean for good.
+        self.pl_mean.copy_(torch.where(torch.isfinite(stored), stored, self.pl_mean))
+        penalty = (lengths - pl_mean).square()
         loss = penalty.mean() * self.cfg.pl_weight
         # The zero-weighted image term keeps every synthesis parameter in the graph.
         ((img[:, 0, 0, 0] * 0).mean() + loss).mul(gain * scale).backward()
@@ -117,7 +134,7 @@ class GANLoss:
     def d_main(self, real: torch.Tensor, z: torch.Tensor, gain: float, scale: float) -> Stats:
         """softplus(D(G(z))) + softplus(-D(x)); the signs of D(x) drive ADA."""
         with torch.no_grad():
-            fake = self.generate(z)[0].img
+            fake = self.generate(z, track_w_avg=True)[0].img
         fake_logits = self.run_D(fake)
         real_logits = self.run_D(real.detach())
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()

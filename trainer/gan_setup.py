@@ -46,7 +46,7 @@ def _with_precision(net: nn.Module, cfg: GANConfig) -> nn.Module:
 
 
 def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None,
-                   d_config: dict | None = None) -> Networks:
+                   d_config: dict | None = None, src_config: dict | None = None) -> Networks:
     """G, D, G_ema (and the frozen source G) on the CPU.
 
     ``g_config``/``d_config`` (from a checkpoint's meta) give the architecture
@@ -81,7 +81,7 @@ def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None
     G_ema = (_with_precision(ema, cfg) if ema is not None else copy.deepcopy(G)).eval().requires_grad_(False)
     G_src = None
     if cfg.needs_source and g_config is not None:  # resuming: its weights are in the checkpoint
-        G_src = Generator(GeneratorConfig(**g_config)).eval().requires_grad_(False)
+        G_src = Generator(GeneratorConfig(**(src_config or g_config))).eval().requires_grad_(False)
     elif cfg.needs_source:
         src = cfg.freeze.source or m.init
         if src is None:
@@ -127,6 +127,14 @@ def make_adam(params: list[nn.Parameter], lr: float, betas: list[float], eps: fl
     return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b ** ratio for b in betas), eps=eps)
 
 
+def apply_hyperparameters(opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer, cfg: GANConfig) -> None:
+    """Sets lr, betas and eps from ``cfg`` (with the lazy-regularisation scaling) on both optimizers."""
+    for opt, lr, interval in ((opt_G, cfg.optim.g_lr, cfg.loss.pl_interval), (opt_D, cfg.optim.d_lr, cfg.loss.r1_interval)):
+        ref = make_adam([nn.Parameter(torch.zeros(1))], lr, cfg.optim.betas, cfg.optim.eps, interval).param_groups[0]
+        for group in opt.param_groups:
+            group.update(lr=ref["lr"], betas=ref["betas"], eps=ref["eps"])
+
+
 def ema_beta(batch: int, ema_kimg: float, cur_nimg: int, rampup: float | None) -> float:
     """Per-step EMA decay for a half-life of ``ema_kimg`` kimg at global ``batch``."""
     ema_nimg = ema_kimg * 1000
@@ -153,7 +161,8 @@ def export_networks(out: str | Path, fmt: str, G_ema: Generator, G: Generator | 
 def _with_full_precision(net: nn.Module) -> nn.Module:
     """A CPU copy with the precision fields reset, so exports load anywhere."""
     fields = {"num_fp16_res": 0, "conv_clamp": None}
-    fresh = type(net)(replace(net.cfg, **fields))
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the training RNG
+        fresh = type(net)(replace(net.cfg, **fields))
     fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
     return fresh
 

@@ -43,7 +43,12 @@ def resolve_start(raw: dict, resume: str | None) -> Start:
     if resume not in (None, "latest", "auto"):
         meta = _meta(resume)
         run_dir = run_dir or Path(meta.get("run_dir") or next_run_dir(out, desc))
-        return Start(run_dir, run.get("ckpt_url") or str(run_dir / "checkpoints"), resume, meta)
+        root = run.get("ckpt_url") or str(run_dir / "checkpoints")
+        newer = [s for s, _ in CheckpointManager(root).list_complete() if s > int(meta["step"])]
+        if newer:  # continuing there would interleave two histories and prune the wrong ones
+            raise ConfigError(f"{root} holds checkpoints newer than {resume} (steps {newer}); to branch off "
+                              "an older checkpoint give a new run.dir (or run.ckpt_url)")
+        return Start(run_dir, root, resume, meta)
     if resume is not None and run_dir is None and not run.get("ckpt_url"):
         run_dir = latest_run_dir(out, desc)
     if run_dir is None:
@@ -83,6 +88,8 @@ def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
     fatal = [k for k in changed if k in ("model.mixed_precision", "freeze.d", "freeze.d_convention",
                                          "freeze.g_res", "freeze.g_mapping")]
     source = lambda c: c["freeze"]["style"] > 0 or c["freeze"]["structure_layers"] > 0  # noqa: E731
+    if (old["ada"]["mode"] == "noaug") != (cfg_dict["ada"]["mode"] == "noaug"):
+        fatal.append("ada.mode (to or from noaug: the augmentation state is part of the checkpoint)")
     if source(old) != source(cfg_dict):
         fatal.append("freeze.style/freeze.structure_layers (whether a source generator is used)")
     if fatal:

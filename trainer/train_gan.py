@@ -45,6 +45,13 @@ class Phase:
     """(real micro-batch, z micro-batch, gain, loss scale) -> stats."""
 
 
+PHASES = ("Gmain", "Gpl", "Dmain", "Dr1")
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
 class NonFiniteError(RuntimeError):
     """Losses or gradients stayed NaN/Inf for run.max_nonfinite consecutive steps."""
 
@@ -61,7 +68,8 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
 
     # Construct networks. Identical on every rank: rank 0's initialisation is broadcast.
     seed_rank(cfg.run.seed, 0)
-    nets = setup.build_networks(cfg, loader.image_size, meta.get("g_config"), meta.get("d_config"))
+    nets = setup.build_networks(cfg, loader.image_size, meta.get("g_config"), meta.get("d_config"),
+                                meta.get("src_config"))
     G, D, G_ema, G_src = (m.to(device) if m is not None else None for m in (nets.G, nets.D, nets.G_ema, nets.G_src))
     for m in (G, D, G_ema):
         dist.broadcast_module(m)
@@ -77,8 +85,10 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     loss = GANLoss(G, D, augment, cfg.loss, cfg.freeze, G_src, reduce_mean=dist.all_reduce_mean)
     mp = cfg.model.mixed_precision == "fp16"
     pl_on, r1_on = cfg.loss.pl_weight > 0 and cfg.loss.pl_interval > 0, cfg.loss.r1_gamma > 0 and cfg.loss.r1_interval > 0
-    opt_G = setup.make_adam(g_params, cfg.optim.g_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.pl_interval if pl_on else 0)
-    opt_D = setup.make_adam(d_params, cfg.optim.d_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.r1_interval if r1_on else 0)
+    # Lazy-regularisation scaling follows the configured intervals even with a penalty off (as
+    # rosinality and NVlabs do).
+    opt_G = setup.make_adam(g_params, cfg.optim.g_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.pl_interval)
+    opt_D = setup.make_adam(d_params, cfg.optim.d_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.r1_interval)
     scale_G, scale_D = DynamicLossScale(mp), DynamicLossScale(mp)
     phases = [Phase("Gmain", 1, g_params, opt_G, scale_G, lambda x, z, g, s: loss.g_main(z, g, s)),
               Phase("Dmain", 1, d_params, opt_D, scale_D, lambda x, z, g, s: loss.d_main(x, z, g, s))]
@@ -92,7 +102,8 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
 
     # Resume. Everything that decides the next step is restored; RNG and data position per rank.
     ckpt = CheckpointManager(start.ckpt_root, cfg.run.keep_ckpts, dist.rank, dist.world)
-    train = {"pl_mean": loss.pl_mean, "ada_acc": torch.zeros(2, dtype=torch.float64, device=device),
+    fails = torch.zeros(len(PHASES), dtype=torch.int64)
+    train = {"pl_mean": loss.pl_mean, "ada_acc": torch.zeros(2, dtype=torch.float64, device=device), "fails": fails,
              "counters": counters(0, 0, 0, 0, 0), "scale_G": scale_G.state_dict(), "scale_D": scale_D.state_dict()}
     state = {"G": G, "D": D, "G_ema": G_ema, "opt_G": OptimizerState(G, opt_G), "opt_D": OptimizerState(D, opt_D),
              "train": train, **({"augment": augment} if augment is not None else {}),
@@ -101,6 +112,10 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     if start.resume_from is not None:
         changed = check_resume_compatible(meta, to_dict(cfg))
         rank_state, _ = ckpt.load(start.resume_from, state)
+        # The loaded param_groups carry the old run's lr/betas/eps: the configuration decides.
+        setup.apply_hyperparameters(opt_G, opt_D, cfg)
+        if augment is not None and cfg.ada.mode == "fixed":
+            augment.set_p(cfg.ada.p)
         scale_G.load_state_dict(train["scale_G"])
         scale_D.load_state_dict(train["scale_D"])
         same_world = int(meta["world"]) == dist.world and rank_state is not None
@@ -132,7 +147,8 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
         train["counters"] = counters(step, cur_nimg, tick, tick_nimg, bad_steps)
         train["scale_G"], train["scale_D"] = scale_G.state_dict(), scale_D.state_dict()
         meta_out = {"step": step, "nimg": cur_nimg, "world": dist.world, "run_dir": str(start.run_dir),
-                    "config": to_dict(cfg), "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict()}
+                    "config": to_dict(cfg), "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict(),
+                    "src_config": G_src.cfg.to_dict() if G_src is not None else None}
         path = ckpt.save(step, state, {"rng": rng_state(), "loader": loader.state_dict()}, meta_out)
         log.info(f"checkpoint {path}")
 
@@ -143,12 +159,14 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
         reals = to_device(batch.images, device).split(micro)
 
         # Execute phases.
-        step_ok, signs = True, torch.zeros(2, dtype=torch.float64, device=device)
+        signs = torch.zeros(2, dtype=torch.float64, device=device)
         for ph in phases:
             if step % ph.interval:
                 continue
             ok, outs = run_phase(ph, reals, (g_params, d_params), G.style_dim, dist, cfg.run.check_sync)
-            step_ok &= ok
+            # Consecutive failures per phase: a phase failing at every one of its turns stops
+            # the run even when the phases between its turns succeed.
+            fails[PHASES.index(ph.name)] = 0 if ok else fails[PHASES.index(ph.name)] + 1
             for st in outs:
                 meters.add_all(st)
                 if "Loss/signs/real" in st:
@@ -159,7 +177,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
         setup.update_ema(G_ema, G, setup.ema_beta(cfg.optim.batch, cfg.optim.ema_kimg, cur_nimg, cfg.optim.ema_rampup))
         step += 1
         cur_nimg += cfg.optim.batch
-        bad_steps = 0 if step_ok else bad_steps + 1
+        bad_steps = int(fails.max())
 
         # Update ADA p from the sign of D on reals (summed over ranks every step, so the
         # accumulator is the same everywhere and checkpoints as one value).
@@ -167,15 +185,15 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
             train["ada_acc"] += dist.all_reduce_sum(signs)
             if step % cfg.ada.interval == 0:
                 rt = float(train["ada_acc"][0] / train["ada_acc"][1].clamp(min=1))
-                adjust = (1 if rt > cfg.ada.target else -1) * cfg.optim.batch * cfg.ada.interval / (ada_kimg * 1000)
+                adjust = _sign(rt - cfg.ada.target) * cfg.optim.batch * cfg.ada.interval / (ada_kimg * 1000)
                 augment.set_p(min(max(float(augment.p) + adjust, 0.0), 1.0))
                 meters.add("Progress/ada_rt", rt)
                 train["ada_acc"].zero_()
         done = cur_nimg >= total_nimg
         if bad_steps >= cfg.run.max_nonfinite:
             save()
-            raise NonFiniteError(f"{bad_steps} consecutive steps with NaN/Inf losses or gradients at kimg "
-                                 f"{cur_nimg / 1000:.3f}; saved the last good state. Check the data, "
+            raise NonFiniteError(f"a phase had NaN/Inf losses or gradients {bad_steps} times in a row (kimg "
+                                 f"{cur_nimg / 1000:.3f}); saved the last good state. Check the data, "
                                  f"lower the learning rates, or train with model.mixed_precision=no.")
 
         # Tick: report, grids, checkpoint.
