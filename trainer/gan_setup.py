@@ -38,11 +38,17 @@ def _precision(cfg: GANConfig) -> dict:
     return {"num_fp16_res": cfg.model.num_fp16_res, "precision": dtype, "conv_clamp": cfg.model.conv_clamp}
 
 
+def _rebuilt(net: nn.Module, **fields) -> nn.Module:
+    """The same weights, on the CPU, in a network whose config has ``fields`` replaced."""
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the training RNG
+        fresh = type(net)(replace(net.cfg, **fields))
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return fresh
+
+
 def _with_precision(net: nn.Module, cfg: GANConfig) -> nn.Module:
     """The same weights in a network whose config carries the run's precision."""
-    fresh = type(net)(replace(net.cfg, **_precision(cfg)))
-    fresh.load_state_dict(net.state_dict())
-    return fresh
+    return _rebuilt(net, **_precision(cfg))
 
 
 def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None,
@@ -119,20 +125,25 @@ def apply_freeze(module: nn.Module, frozen: list[str]) -> list[nn.Parameter]:
     return params
 
 
+def lazy_scaled(lr: float, betas: list[float], reg_interval: int) -> tuple[float, tuple[float, ...]]:
+    """Lazy-regularisation scaling: with a penalty every r steps, lr * r/(r+1) and
+    betas ** (r/(r+1)) keep the effective step what it would be with the penalty every step."""
+    ratio = reg_interval / (reg_interval + 1) if reg_interval > 0 else 1.0
+    return lr * ratio, tuple(b ** ratio for b in betas)
+
+
 def make_adam(params: list[nn.Parameter], lr: float, betas: list[float], eps: float,
               reg_interval: int) -> torch.optim.Adam:
-    """Adam with the lazy-regularisation scaling: with a penalty every r steps, lr * r/(r+1)
-    and betas ** (r/(r+1)) keep the effective step what it would be with the penalty every step."""
-    ratio = reg_interval / (reg_interval + 1) if reg_interval > 0 else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b ** ratio for b in betas), eps=eps)
+    lr, betas = lazy_scaled(lr, betas, reg_interval)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 
 
 def apply_hyperparameters(opt_G: torch.optim.Optimizer, opt_D: torch.optim.Optimizer, cfg: GANConfig) -> None:
     """Sets lr, betas and eps from ``cfg`` (with the lazy-regularisation scaling) on both optimizers."""
     for opt, lr, interval in ((opt_G, cfg.optim.g_lr, cfg.loss.pl_interval), (opt_D, cfg.optim.d_lr, cfg.loss.r1_interval)):
-        ref = make_adam([nn.Parameter(torch.zeros(1))], lr, cfg.optim.betas, cfg.optim.eps, interval).param_groups[0]
+        lr, betas = lazy_scaled(lr, cfg.optim.betas, interval)
         for group in opt.param_groups:
-            group.update(lr=ref["lr"], betas=ref["betas"], eps=ref["eps"])
+            group.update(lr=lr, betas=betas, eps=cfg.optim.eps)
 
 
 def ema_beta(batch: int, ema_kimg: float, cur_nimg: int, rampup: float | None) -> float:
@@ -154,17 +165,9 @@ def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
 def export_networks(out: str | Path, fmt: str, G_ema: Generator, G: Generator | None = None,
                     D: Discriminator | None = None, extra: dict | None = None) -> Path:
     """Writes G_ema (and G, D when given) in float32 on the CPU to a rosinality .pt or our format."""
-    full = lambda m: None if m is None else _with_full_precision(m)  # noqa: E731
+    # Precision fields reset, so the exports load anywhere.
+    full = lambda m: None if m is None else _rebuilt(m, num_fp16_res=0, conv_clamp=None)  # noqa: E731
     return save_checkpoint(out, fmt, g_ema=full(G_ema), g=full(G), d=full(D), extra=extra)
-
-
-def _with_full_precision(net: nn.Module) -> nn.Module:
-    """A CPU copy with the precision fields reset, so exports load anywhere."""
-    fields = {"num_fp16_res": 0, "conv_clamp": None}
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the training RNG
-        fresh = type(net)(replace(net.cfg, **fields))
-    fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
-    return fresh
 
 
 def describe_freeze(G: Generator, D: Discriminator, g_frozen: list[str], d_frozen: list[str]) -> str:
