@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import glob
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from data_fixtures import face_shards
+from run_fixtures import assert_same_final_state, flat_checkpoint, latest_ckpt, stats, torchrun
 from launch import train_gan as cli
 from trainer.config_io import field_docs
 from trainer.gan_config import GANConfig
@@ -59,32 +57,6 @@ def args(shards: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
 def run_inprocess(argv: list[str], monkeypatch) -> int:
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     return cli.main(argv)
-
-
-def torchrun(nproc: int, argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "launch.train_gan", *argv]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
-
-
-def stats(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
-
-
-def flat_checkpoint(ckpt: str, out: Path) -> dict:
-    """Every value of a DCP checkpoint, flattened to dotted keys (independent of our loader)."""
-    dcp_to_torch_save(ckpt, out)
-    def walk(d, p=""):
-        for k, v in d.items():
-            yield from walk(v, f"{p}{k}.") if isinstance(v, dict) else [(p + str(k), v)]
-    return dict(walk(torch.load(out, weights_only=False)))
-
-
-def latest_ckpt(run_dir: Path) -> str:
-    return sorted(glob.glob(str(run_dir / "checkpoints/ckpt-*")))[-1]
 
 
 # ----------------------------------------------------------------------------
@@ -155,22 +127,14 @@ def test_two_processes_sync_resume_bitwise_and_at_another_world_size(shards, ini
     feats = [f"model.init={init_full}", "ada.p=0.3", "ada.interval=2", "freeze.d=2", "freeze.style=2",
              "freeze.structure_layers=2", "run.check_sync=true", "run.ckpt_ticks=100", "run.export_ticks=1"]
     a, b = tmp_path / "a", tmp_path / "b"
-    r = torchrun(2, args(shards, a, 8, *feats))
+    r = torchrun("launch.train_gan", 2, args(shards, a, 8, *feats))
     assert "2 process(es)" in r.stdout
-    torchrun(2, args(shards, b, 4, *feats))
-    torchrun(2, ["--resume", "latest", f"run.dir={b}", f"run.total_kimg={8 * STEP_KIMG}"])
+    torchrun("launch.train_gan", 2, args(shards, b, 4, *feats))
+    torchrun("launch.train_gan", 2, ["--resume", "latest", f"run.dir={b}", f"run.total_kimg={8 * STEP_KIMG}"])
     sync = [row["Debug/sync_checks"] for row in stats(a)]
     assert sync and all(v == 1.0 for v in sync)  # every phase of every step was hash-compared across ranks
-    fa = flat_checkpoint(latest_ckpt(a), tmp_path / "a.pt")
-    fb = flat_checkpoint(latest_ckpt(b), tmp_path / "b.pt")
-    assert set(fa) == set(fb)
+    fa = assert_same_final_state(a, b, tmp_path, 2)
     assert any(k.startswith("opt_G.state.") and k.endswith("exp_avg_sq") for k in fa)
-    differ = [k for k in fa if not (torch.equal(fa[k], fb[k]) if torch.is_tensor(fa[k]) else fa[k] == fb[k])]
-    assert differ == []
-    for rank in (0, 1):
-        ra = torch.load(Path(latest_ckpt(a)) / f"rank{rank:05d}.pt", weights_only=True)
-        rb = torch.load(Path(latest_ckpt(b)) / f"rank{rank:05d}.pt", weights_only=True)
-        assert torch.equal(ra["rng"]["cpu"], rb["rng"]["cpu"]) and ra["loader"] == rb["loader"]
     # The half-way checkpoint of b, continued by one process: runs to the end with the same global batch.
     half = sorted(glob.glob(str(b / "checkpoints/ckpt-*")))[0]
     # Continuing an older checkpoint inside the same run would interleave two histories.

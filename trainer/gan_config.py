@@ -12,42 +12,9 @@ from typing import Literal
 
 from datasets.loader import LoaderConfig
 from trainer.augment import AugmentConfig
+from trainer.run_start import RunConfig
 
-
-@dataclass
-class RunConfig:
-    """Where a run writes, how long it lasts and how often it reports."""
-
-    out: str = "runs"
-    """Parent folder of the numbered run folders (local path)."""
-    dir: str | None = None
-    """Use this run folder instead of a new numbered one (created if missing)."""
-    desc: str = "gan"
-    """Suffix of the numbered run folder name (00003-<desc>)."""
-    seed: int = 0
-    """Seeds network initialisation, latents, noise, ADA and the data stream."""
-    total_kimg: float = 25000.0
-    """Stop after this many thousand real images shown to D (all ranks together)."""
-    tick_kimg: float = 4.0
-    """Report progress, stats and an image grid every this many kimg."""
-    ckpt_ticks: int = 10
-    """Write a checkpoint every this many ticks (and always at the end)."""
-    ckpt_url: str | None = None
-    """Checkpoint folder (any fsspec URL); default <run folder>/checkpoints."""
-    keep_ckpts: int = 3
-    """Complete checkpoints kept; older ones are deleted after a new one is complete."""
-    resume: str | None = None
-    """"latest" (newest complete checkpoint of this run), "auto" (latest if any, else start),
-    or the URL of a checkpoint folder. None: start from model.init."""
-    export_ticks: int = 0
-    """Also export G_ema as a rosinality .pt every this many ticks (0: only at the end)."""
-    grid_size: int = 16
-    """Images in the fixed-seed grid written every tick."""
-    max_nonfinite: int = 20
-    """Consecutive steps with NaN/Inf losses or gradients before the run saves and stops."""
-    check_sync: bool = False
-    """After every phase, verify that all ranks hold bitwise-identical gradients and weights
-    (a hash gathered from every rank; slow, for debugging and tests)."""
+__all__ = ["GANConfig", "RunConfig"]
 
 
 @dataclass

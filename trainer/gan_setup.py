@@ -177,17 +177,6 @@ def describe_freeze(G: Generator, D: Discriminator, g_frozen: list[str], d_froze
             f"D: {len(d_frozen)} tensors frozen ({count(D, d_frozen) / max(total(D), 1):.1%})")
 
 
-def check_batch(batch: int, world: int, batch_gpu: int | None) -> tuple[int, int]:
-    """(per-rank batch, micro-batch) after checking they divide evenly."""
-    if batch % world:
-        raise ConfigError(f"optim.batch={batch} does not divide by {world} processes")
-    per_rank = batch // world
-    micro = batch_gpu or per_rank
-    if per_rank % micro:
-        raise ConfigError(f"per-process batch {per_rank} does not divide by optim.batch_gpu={micro}")
-    return per_rank, micro
-
-
 def grid_latents(n: int, style_dim: int, seed: int = 0) -> torch.Tensor:
     """Fixed z for the progress grid, drawn from a private generator (the training RNG is untouched)."""
     return torch.randn(n, style_dim, generator=torch.Generator().manual_seed(seed))

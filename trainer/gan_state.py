@@ -1,83 +1,23 @@
-"""Where a GAN run starts and what its checkpoints hold.
-
-``resolve_start`` turns ``run.*`` settings and ``--resume`` into a run folder,
-a checkpoint root and (when resuming) the checkpoint to load, before any
-network exists: a resumed run takes its architecture and configuration from
-the checkpoint's meta.json, so the original starting file is not needed.
-"""
+"""What GAN checkpoints hold: resume compatibility, counters, networks for export."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
-import torch
-
-from datasets.remote import join, read_json
-from trainer.checkpoint import CheckpointError, CheckpointManager
+from trainer.checkpoint import CheckpointManager
 from trainer.config_io import ConfigError
 from trainer.gan_config import RunConfig
-from trainer.runlog import latest_run_dir, next_run_dir
+from trainer.run_start import Start, base_config, read_meta
+from trainer.steps import counters
+from trainer.run_start import resolve_start as _resolve_start
 
+GAN_META = ("config", "g_config")
 
-@dataclass
-class Start:
-    run_dir: Path
-    ckpt_root: str
-    resume_from: str | None
-    """Checkpoint folder to load, or None for a fresh start."""
-    meta: dict | None
-    """The checkpoint's meta.json (config, architecture, counters)."""
+__all__ = ["Start", "base_config", "check_resume_compatible", "counters", "load_networks", "resolve_start"]
 
 
 def resolve_start(raw: dict, resume: str | None) -> Start:
-    """Run folder and checkpoint for ``resume`` in None | "latest" | "auto" | URL.
-
-    "latest"/"auto" look in ``run.ckpt_url`` or ``run.dir``, else in the newest
-    ``run.out/NNNNN-<desc>`` folder; "auto" starts fresh when nothing is there.
-    """
-    run = raw.get("run") or {}
-    defaults = RunConfig()
-    out, desc = run.get("out", defaults.out), run.get("desc", defaults.desc)
-    run_dir = Path(run["dir"]) if run.get("dir") else None
-    if resume not in (None, "latest", "auto"):
-        meta = _meta(resume)
-        run_dir = run_dir or Path(meta.get("run_dir") or next_run_dir(out, desc))
-        root = run.get("ckpt_url") or str(run_dir / "checkpoints")
-        newer = [s for s, _ in CheckpointManager(root).list_complete() if s > int(meta["step"])]
-        if newer:  # continuing there would interleave two histories and prune the wrong ones
-            raise ConfigError(f"{root} holds checkpoints newer than {resume} (steps {newer}); to branch off "
-                              "an older checkpoint give a new run.dir (or run.ckpt_url)")
-        return Start(run_dir, root, resume, meta)
-    if resume is not None and run_dir is None and not run.get("ckpt_url"):
-        run_dir = latest_run_dir(out, desc)
-    if run_dir is None:
-        if resume == "latest":
-            raise CheckpointError(f"--resume latest: no run folder {out}/NNNNN-{desc} to resume; "
-                                  "set run.dir or run.ckpt_url, or start without --resume")
-        run_dir = next_run_dir(out, desc)
-    root = run.get("ckpt_url") or str(run_dir / "checkpoints")
-    found = CheckpointManager(root).latest() if resume is not None else None
-    if found is None and resume == "latest":
-        raise CheckpointError(f"--resume latest: no complete checkpoint under {root}")
-    return Start(run_dir, root, found, _meta(found) if found else None)
-
-
-def _meta(ckpt: str) -> dict:
-    try:
-        meta = read_json(join(ckpt, "meta.json"))
-    except (FileNotFoundError, OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt}: cannot read meta.json ({e}); is this a checkpoint folder?") from e
-    if "config" not in meta or "g_config" not in meta:
-        raise CheckpointError(f"{ckpt}/meta.json is not a GAN checkpoint (keys: {sorted(meta)})")
-    return meta
-
-
-def base_config(start: Start, has_config_file: bool) -> dict | None:
-    """A resumed run without --config continues with the checkpoint's configuration."""
-    if start.meta is None or has_config_file:
-        return None
-    return start.meta["config"]
+    """Run folder and checkpoint of a GAN run (see ``trainer.run_start.resolve_start``)."""
+    return _resolve_start(raw, resume, RunConfig(), GAN_META)
 
 
 def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
@@ -97,17 +37,11 @@ def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
     return changed
 
 
-def counters(step: int, nimg: int, tick: int, tick_nimg: int, nonfinite: int) -> dict[str, torch.Tensor]:
-    """Training counters as int64 tensors (checkpointed in place)."""
-    return {k: torch.tensor(v, dtype=torch.int64) for k, v in
-            dict(step=step, nimg=nimg, tick=tick, tick_nimg=tick_nimg, nonfinite=nonfinite).items()}
-
-
 def load_networks(ckpt: str) -> tuple[dict, dict]:
     """{"G", "D", "G_ema"} (float32, CPU) from a GAN checkpoint folder, in one process; and its meta."""
     from trainer.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
-    meta = _meta(ckpt)
+    meta = read_meta(ckpt, GAN_META)
     nets = {"G": Generator(GeneratorConfig(**meta["g_config"])), "D": Discriminator(DiscriminatorConfig(**meta["d_config"])),
             "G_ema": Generator(GeneratorConfig(**meta["g_config"]))}
     root, _, name = ckpt.rstrip("/").rpartition("/")

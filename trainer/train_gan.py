@@ -10,21 +10,19 @@ reported every tick.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 import ops
-from datasets.errors import DataError
-from datasets.loader import ShardLoader, to_device
+from datasets.loader import to_device
 from trainer import gan_setup as setup
 from trainer.augment import AugmentPipe
 from trainer.checkpoint import CheckpointManager, OptimizerState
 from trainer.config_io import ConfigError, to_dict, to_yaml
-from trainer.distributed import Dist, rng_state, seed_rank, set_rng_state
+from trainer.distributed import Dist, rng_state, seed_rank
 from trainer.gan_config import GANConfig
 from trainer.gan_loss import GANLoss
 from trainer.gan_state import Start, check_resume_compatible, counters
@@ -32,6 +30,10 @@ from trainer.imageio import to_uint8
 from trainer.loss_scale import DynamicLossScale
 from trainer.meters import Meters
 from trainer.runlog import RunLog
+from trainer.steps import (NonFiniteError, check_batch, make_loader, restore_rank, resumed_note,
+                           synced_step)
+
+__all__ = ["NonFiniteError", "PHASES", "run_phase", "sample_grid", "training_loop"]
 
 
 @dataclass
@@ -52,19 +54,15 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
-class NonFiniteError(RuntimeError):
-    """Losses or gradients stayed NaN/Inf for run.max_nonfinite consecutive steps."""
-
-
 def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     device = dist.device
     log = RunLog(start.run_dir, dist.is_main)
     ops.set_default_impl(cfg.model.ops_impl)
-    per_rank, micro = setup.check_batch(cfg.optim.batch, dist.world, cfg.optim.batch_gpu)
+    per_rank, micro = check_batch(cfg.optim.batch, dist.world, cfg.optim.batch_gpu)
     meta = start.meta or {}
 
     # Load data.
-    loader = make_loader(cfg, per_rank, dist, cfg.run.seed)
+    loader = make_loader(cfg.loader, per_rank, dist, cfg.run.seed)
 
     # Construct networks. Identical on every rank: rank 0's initialisation is broadcast.
     seed_rank(cfg.run.seed, 0)
@@ -118,17 +116,9 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
             augment.set_p(cfg.ada.p)
         scale_G.load_state_dict(train["scale_G"])
         scale_D.load_state_dict(train["scale_D"])
-        same_world = int(meta["world"]) == dist.world and rank_state is not None
-        if same_world:
-            set_rng_state(rank_state["rng"])
-        else:
-            seed_rank(cfg.run.seed, dist.rank, int(meta["nimg"]))
-        if rank_state is not None:
-            loader.load_state_dict(rank_state["loader"])
-        else:  # a rank the saving run did not have: a fresh stream, not a replay of the first images
-            loader = make_loader(cfg, per_rank, dist, cfg.run.seed + int(meta["nimg"]) * dist.world + dist.rank)
-        log.info(f"resumed from {start.resume_from} at kimg {int(meta['nimg']) / 1000:.3f} "
-                 f"({meta['world']} -> {dist.world} processes){'; changed: ' + ', '.join(changed) if changed else ''}")
+        loader = restore_rank(rank_state, meta, dist, cfg.run.seed, loader,
+                              lambda seed: make_loader(cfg.loader, per_rank, dist, seed))
+        log.info(resumed_note(start.resume_from, meta, dist.world, changed))
     c = {k: int(v) for k, v in train["counters"].items()}
     step, cur_nimg, tick, tick_nimg, bad_steps = c["step"], c["nimg"], c["tick"], c["tick_nimg"], c["nonfinite"]
 
@@ -229,17 +219,6 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     return log
 
 
-def make_loader(cfg: GANConfig, per_rank: int, dist: Dist, seed: int) -> ShardLoader:
-    try:
-        loader = ShardLoader(replace(cfg.loader, batch_size=per_rank, seed=seed), dist.rank, dist.world)
-    except DataError as e:
-        raise DataError(f"loader.data={cfg.loader.data}: {e}") from e
-    if loader.shards.total == 0:
-        raise DataError(f"loader.data={cfg.loader.data} holds no samples: write shards first "
-                        "(python -m launch.make_shards --help)")
-    return loader
-
-
 def run_phase(ph: Phase, reals: tuple[torch.Tensor, ...], nets_params: tuple[list, list], style_dim: int,
               dist: Dist, check_sync: bool) -> tuple[bool, list[dict]]:
     """One optimizer step of ``ph`` over the micro-batches; returns (stepped, stats per micro-batch)."""
@@ -253,25 +232,8 @@ def run_phase(ph: Phase, reals: tuple[torch.Tensor, ...], nets_params: tuple[lis
     for x in reals:
         z = torch.randn(x.shape[0], style_dim, device=x.device)
         outs.append(ph.run(x, z, gain, ph.scale.scale))
-    finite = dist.average_gradients(ph.params)
-    if check_sync:
-        assert_in_sync(dist, ph)
-    stepped = ph.scale.unscale_and_check(ph.params, finite)
-    if stepped:
-        ph.opt.step()
-    ph.opt.zero_grad(set_to_none=True)  # no stale .grad may meet a checkpoint load
+    stepped = synced_step(f"phase {ph.name}", ph.params, ph.opt, ph.scale, dist, check_sync)
     return stepped, outs
-
-
-def assert_in_sync(dist: Dist, ph: Phase) -> None:
-    """Raises unless every rank holds bitwise-identical gradients and weights for ``ph``."""
-    digest = hashlib.sha256()
-    for p in ph.params:
-        digest.update(p.detach().cpu().numpy().tobytes())
-        digest.update(p.grad.detach().cpu().numpy().tobytes())
-    seen = dist.gather_objects(digest.hexdigest())
-    if len(set(seen)) != 1:
-        raise RuntimeError(f"phase {ph.name}: ranks disagree on gradients or weights ({seen})")
 
 
 @torch.no_grad()
