@@ -5,6 +5,16 @@
 - ``stylespace``: per-layer styles s = A(w), traced from the generator's wiring.
 - ``swap``: layer swap and soft blending of two generators.
 - ``layers``: the shared building blocks.
+
+Loss and encoder networks with pretrained weight files, imported by module
+path (not re-exported here: ``weights`` reads files through ``trainer.model_io``,
+which imports this package):
+
+- ``weights``: the public weight files, their hashes and clear errors.
+- ``irse`` / ``resnet``: IR-SE (ArcFace) and torchvision-layout ResNets.
+- ``lpips``: ``LPIPS`` v0.1 on AlexNet or VGG16.
+- ``face_id``: ``FaceID``, ReStyle's identity features; ``moco``: ``MocoFeatures``.
+- ``similarity``: ``similarity_loss`` shared by both.
 """
 
 from .discriminator import Discriminator, DiscriminatorConfig
