@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ops.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/train_gan.py
+	$(PY) benchmarks/train_encoder.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,3 +20,25 @@ def int_list(text: str) -> list[int]:
     if not out:
         raise argparse.ArgumentTypeError(f"no numbers in {text!r}")
     return out
+
+
+def add_inversion_args(p: argparse.ArgumentParser, what: str) -> None:
+    """The options every command that runs a trained encoder over images shares."""
+    p.add_argument("--encoder", required=True, help="encoder-restyle.pt (or ReStyle's .pt) or a checkpoint folder")
+    p.add_argument("--images", required=True, help=f"{what}: a folder of images, or a shard folder")
+    p.add_argument("--iters", type=int, default=5, help="refinement passes (ReStyle: 5)")
+    p.add_argument("--batch", type=int, default=8, help="images per forward")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def inversion_device(args: argparse.Namespace):
+    """The torch device for ``--device``, after checking --iters and --batch (None: an error was printed)."""
+    import sys
+
+    import torch
+
+    if args.iters < 1 or args.batch < 1:
+        print("error: --iters and --batch must be >= 1", file=sys.stderr)
+        return None
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
