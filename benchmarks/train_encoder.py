@@ -2,6 +2,7 @@
 
     python benchmarks/train_encoder.py --quick   # CPU only (under 3 minutes on 2 cores)
     python benchmarks/train_encoder.py           # CPU, then a 1024 px generator on CUDA if present
+    python benchmarks/train_encoder.py --cuda-only
 
 The encoder is the public IR-SE50 BackboneEncoder at 256 px input (random
 weights; speed does not depend on their values). Training runs
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cases import run_cuda_cases  # noqa: E402
 from benchmarks.train_gan import make_shards  # noqa: E402
 from trainer.model_io import save_checkpoint  # noqa: E402
 from trainer.networks import Generator, GeneratorConfig  # noqa: E402
@@ -110,11 +112,12 @@ def invert_case(device: str, g_arch: dict, batch: int, reps: int, encoder: dict 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CPU case only, batch 1 (training) and 2 (inversion)")
+    p.add_argument("--cuda-only", action="store_true", help="only the CUDA case")
     args = p.parse_args(argv)
     results: dict = {"torch": torch.__version__, "cpu_cores": os.cpu_count(), "input_px": 256, "passes": 5}
     # (device, generator, train batch, steps per tick, inversion batch, timed inversions)
-    cases = [("cpu", CPU_G, 1, 1, 2, 2) if args.quick else ("cpu", CPU_G, 2, 2, 4, 3)]
-    if not args.quick and torch.cuda.is_available():
+    cases = [] if args.cuda_only else [("cpu", CPU_G, 1, 1, 2, 2) if args.quick else ("cpu", CPU_G, 2, 2, 4, 3)]
+    if args.cuda_only and torch.cuda.is_available():
         results["gpu"] = torch.cuda.get_device_name()
         cases.append(("cuda", CUDA_G, 8, 10, 32, 10))
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
                             f"train_gpu_mem_gib_{device}": tr["gpu_mem_gib"], f"invert_img_s_{device}": inv["img_s"],
                             f"invert_s_per_img_{device}": inv["s_per_img"], f"invert_batch_{device}": inv_batch,
                             f"generator_{device}": f"{g_arch['size']}px, multiplier {g_arch['channel_multiplier']}"})
+    if not args.quick and not args.cuda_only and torch.cuda.is_available():
+        results.update(run_cuda_cases(__file__))
     print(json.dumps(results))
     return results
 

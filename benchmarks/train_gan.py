@@ -2,6 +2,7 @@
 
     python benchmarks/train_gan.py --quick   # 64 px on the CPU (under 3 minutes on 2 cores)
     python benchmarks/train_gan.py           # 64 and 256 px on the CPU; 1024 px, batch 32 on CUDA if present
+    python benchmarks/train_gan.py --cuda-only
 
 Each case writes shards of procedurally made photo-like images, then runs
 ``launch.train_gan`` in this process for two ticks of 16 steps each: the
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cases import run_cuda_cases  # noqa: E402
 from benchmarks.data import photo_like  # noqa: E402
 from datasets.process import WriterConfig  # noqa: E402
 from datasets.shards import write_shards  # noqa: E402
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     cases = [] if args.cuda_only else [(64, "cpu", 8, small, 32)]
     if not args.quick and not args.cuda_only:
         cases.append((256, "cpu", 8, small, 32))
-    if not args.quick and torch.cuda.is_available():
+    if args.cuda_only and torch.cuda.is_available():
         cases.append((1024, "cuda", 32, ["model.mixed_precision=fp16", "model.num_fp16_res=4"], 64))
     results: dict = {"torch": torch.__version__, "cpu_cores": os.cpu_count(), "steps_timed": STEPS_PER_TICK,
                      "r1_interval": 16, "pl_interval": 4, "ada_p": 0.2}
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
             key = f"{size}_{device}"
             results.update({f"s_per_kimg_{key}": r["s_per_kimg"], f"img_s_{key}": r["img_s"],
                             f"batch_{key}": batch, f"gpu_mem_gib_{key}": r["gpu_mem_gib"], f"ops_{key}": r["ops"]})
+    if not args.quick and not args.cuda_only and torch.cuda.is_available():
+        results.update(run_cuda_cases(__file__))
     print(json.dumps(results))
     return results
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from datasets.errors import DataError
 from eval.msssim import MS_SSIM_WEIGHTS, fitting_scales, ms_ssim
 from trainer.networks.restyle import ReStyle
 
@@ -41,7 +42,7 @@ def evaluate(net: ReStyle, batches: Iterable[tuple[list[str], torch.Tensor]], n_
     if progress:
         print(file=sys.stderr)
     if n == 0:
-        raise ValueError("no images to evaluate")
+        raise DataError("no readable images to evaluate")
     side = net.size
     return {"images": n, "size": side, "ms_ssim_scales": min(len(MS_SSIM_WEIGHTS), fitting_scales(side)),
             "passes": [{"pass": t + 1, **{k: v / n for k, v in s.items()}} for t, s in enumerate(sums)]}

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datasets.errors import DataError
+    from datasets.remote import atomic_write
     from eval.encoder_metrics import evaluate
     from trainer.checkpoint import CheckpointError as RunCheckpointError
     from trainer.encoder_data import ImageSource
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         net = load_encoder(args.encoder).to(device)
         source = ImageSource(args.images, net.size, args.batch, args.limit)
         report = evaluate(net, source.batches(), args.iters, lpips, face_id, device)
-    except (CheckpointError, RunCheckpointError, DataError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, RunCheckpointError, DataError, FileNotFoundError) as e:
         hint = " (or pass --no-lpips)" if "LPIPS" in str(e) else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     line = json.dumps(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(line + "\n")
+        atomic_write(args.out, (line + "\n").encode())
     print(line)
     return 0
 

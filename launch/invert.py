@@ -15,6 +15,7 @@ n_styles, style_dim] (float32, pass by pass), ``names`` [N] and ``latent_avg``.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datasets.errors import DataError
+    from datasets.remote import atomic_write
     from trainer.encoder_data import ImageSource
     from trainer.encoder_io import load_encoder
     from trainer.imageio import save_png, to_uint8
@@ -73,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, latents=np.concatenate(latents), names=np.array(names),
-             latent_avg=net.latent_avg.cpu().numpy())
+    buf = io.BytesIO()  # written whole, then renamed: an interruption never leaves half a file
+    np.savez(buf, latents=np.concatenate(latents), names=np.array(names), latent_avg=net.latent_avg.cpu().numpy())
+    atomic_write(str(out), buf.getvalue())
     print(f"wrote {out}: {len(names)} images x {args.iters} passes x {net.encoder.cfg.n_styles} W+ vectors")
     return 0
 

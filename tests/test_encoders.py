@@ -46,6 +46,21 @@ def test_public_encoder_maps_256px_pairs_to_18_w_vectors(backbone):
         assert len(enc.body) == 16
 
 
+def test_resnet_encoder_keys_are_restyles():
+    """ReStyle's ResNetBackboneEncoder names, written out from its architecture: conv1/bn1/relu,
+    body.0..15 BasicBlocks (downsample at the first block of stages 2-4), 18 style blocks."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    expect = {"conv1.weight", "relu.weight", *(f"bn1.{k}" for k in bn)}
+    for i in range(16):
+        expect |= {f"body.{i}.conv1.weight", f"body.{i}.conv2.weight", *(f"body.{i}.bn{j}.{k}" for j in (1, 2) for k in bn)}
+    for i in (3, 7, 13):
+        expect |= {f"body.{i}.downsample.0.weight", *(f"body.{i}.downsample.1.{k}" for k in bn)}
+    for j in range(18):
+        expect |= {f"styles.{j}.convs.{c}.{k}" for c in (0, 2, 4, 6) for k in ("weight", "bias")}
+        expect |= {f"styles.{j}.linear.weight", f"styles.{j}.linear.bias"}
+    assert set(Encoder(EncoderConfig(backbone="resnet34")).state_dict()) == expect
+
+
 def test_wrong_input_shape_is_a_clear_error():
     enc = Encoder(EncoderConfig(**TINY_E))
     with pytest.raises(ValueError, match=r"\[N, 6, 32, 32\]"):
@@ -55,6 +70,8 @@ def test_wrong_input_shape_is_a_clear_error():
 def test_irse50_file_initialises_the_body_and_the_image_channels(tmp_path):
     torch.manual_seed(0)
     arcface = IRSEBackbone()
+    with torch.no_grad():  # statistics unlike a fresh BatchNorm's, so loading them shows
+        arcface.input_layer[1].running_mean.uniform_(-1, 1)
     path = tmp_path / "model_ir_se50.pth"
     torch.save(arcface.state_dict(), path)
     enc = Encoder(EncoderConfig())
@@ -62,7 +79,8 @@ def test_irse50_file_initialises_the_body_and_the_image_channels(tmp_path):
     assert str(path) in note
     w = enc.input_layer[0].weight
     assert torch.equal(w[:, :3], arcface.input_layer[0].weight)  # image channels from the file
-    assert not torch.equal(w[:, 3:], torch.zeros_like(w[:, 3:]))  # reconstruction channels drawn N(0, 1)
+    assert 0.9 < float(w[:, 3:].std()) < 1.1  # reconstruction channels drawn N(0, 1), as ReStyle does
+    assert torch.equal(enc.input_layer[1].running_mean, arcface.input_layer[1].running_mean)
     for name, t in arcface.body.state_dict().items():
         assert torch.equal(enc.body.state_dict()[name], t), name
 
@@ -70,10 +88,15 @@ def test_irse50_file_initialises_the_body_and_the_image_channels(tmp_path):
 def test_resnet34_file_initialises_the_body_blocks(tmp_path):
     torch.manual_seed(0)
     res = ResNet(34)
+    with torch.no_grad():
+        res.bn1.running_var.uniform_(0.5, 2)
     path = tmp_path / "resnet34.pth"  # a name without a hash: nothing to verify
     torch.save(res.state_dict(), path)
     enc = Encoder(EncoderConfig(backbone="resnet34"))
     init_backbone(enc, str(path))
+    assert torch.equal(enc.conv1.weight[:, :3], res.conv1.weight)  # the input conv widened, as ReStyle does
+    assert 0.9 < float(enc.conv1.weight[:, 3:].std()) < 1.1
+    assert torch.equal(enc.bn1.running_var, res.bn1.running_var)
     assert torch.equal(enc.body[0].conv1.weight, res.layer1[0].conv1.weight)
     assert torch.equal(enc.body[3].downsample[0].weight, res.layer2[0].downsample[0].weight)
     assert torch.equal(enc.body[15].bn2.running_var, res.layer4[2].bn2.running_var)

@@ -128,6 +128,12 @@ def test_two_processes_resume_bitwise_with_every_loss_and_g_swap(files, tmp_path
     fa = assert_same_final_state(a, b, tmp_path, 2)
     assert any(k.startswith("opt.state.") and "slow_buffer" in k for k in fa)  # Ranger's lookahead weights
     assert any(k.endswith("running_var") for k in fa)  # BatchNorm statistics travel with the weights
+    # b's first checkpoint continued by one process: runs to the end with the same global batch.
+    half = sorted(glob.glob(str(b / "checkpoints/ckpt-*")))[0]
+    c = tmp_path / "c"
+    assert run_inprocess(["--resume", half, f"run.dir={c}", "run.total_kimg=0.016"], monkeypatch) == 0
+    assert "(2 -> 1 processes)" in (c / "log.txt").read_text()
+    assert stats(c)[-1]["Progress/kimg"] == pytest.approx(0.016)
 
 
 # ----------------------------------------------------------------------------
@@ -261,3 +267,34 @@ def test_eval_encoder_reports_every_metric_per_pass(files, tmp_path, capsys):
     # Without LPIPS weights: a clear error naming the file, unless LPIPS is skipped.
     assert eval_encoder.main(["--encoder", str(enc), "--images", str(files["gen_images"]), "--limit", "2"]) == 2
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_with_finite_losses(precision, files, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    argv = [f"loader.data={files['faces']}", f"decoder.source={files['g_src']}", *TINY_ENC, "loss.id=0",
+            f"weights.dir={files['weights']}", "weights.check_hashes=false", f"model.mixed_precision={precision}",
+            f"run.dir={run}", "run.total_kimg=0.008", "run.tick_kimg=0.004", "optim.batch=2", "optim.n_iters=2"]
+    seen = set()
+    forward = Encoder.forward
+    monkeypatch.setattr(Encoder, "forward", lambda self, x: (lambda y: seen.add(y.dtype) or y)(forward(self, x)))
+    assert run_inprocess(argv, monkeypatch) == 0
+    assert seen == {torch.bfloat16 if precision == "bf16" else torch.float16}  # the encoder ran under autocast
+    rows = stats(run)
+    assert all(np.isfinite(r["Loss/total/pass2"]) and np.isfinite(r["Loss/lpips/pass2"]) for r in rows)
+    assert rows[-1]["Progress/nonfinite_steps"] == 0
+    assert rows[-1]["Progress/loss_scale"] == (2.0 ** 14 if precision == "fp16" else 1.0)
+
+
+def test_persistent_nan_stops_with_a_checkpoint_of_the_last_good_state(files, tmp_path, monkeypatch, capsys):
+    from run_fixtures import flat_checkpoint, latest_ckpt
+    run = tmp_path / "run"
+    argv = [f"loader.data={files['faces']}", f"decoder.source={files['g_src']}", *TINY_ENC, "loss.lpips=0",
+            "loss.id=0", "optim.optimizer=adam", "optim.lr=1e30", "run.max_nonfinite=3", f"run.dir={run}",
+            "run.total_kimg=0.2", "optim.batch=2", "optim.n_iters=1"]
+    assert run_inprocess(argv, monkeypatch) == 3
+    assert "NaN/Inf 3 steps in a row" in capsys.readouterr().err
+    flat = flat_checkpoint(latest_ckpt(run), tmp_path / "flat.pt")
+    bad = [k for k, v in flat.items() if torch.is_tensor(v) and k.startswith("net.encoder.") and not torch.isfinite(v).all()]
+    assert bad == []
+    assert flat["train.counters.nonfinite"] == 3

@@ -32,10 +32,13 @@ def restyle_dict(net: ReStyle, opts: dict | None = None) -> dict:
     enc = net.encoder.cfg
     sd = {f"encoder.{k}": v.detach().cpu().clone() for k, v in net.encoder.state_dict().items()}
     sd.update({f"decoder.{k}": v.detach().cpu().clone() for k, v in net.decoder.state_dict().items() if k != "w_avg"})
+    # dataset_type and device: ReStyle's inference scripts read them from the checkpoint's opts
+    # ("ffhq_encode": resize to 256 and normalise, right for faces and cartoons alike).
     base = {"encoder_type": RESTYLE_TYPES[enc.backbone], "input_nc": enc.input_nc, "output_size": net.decoder.size,
-            "start_from_latent_avg": True, "toonmix_encoder": enc.to_dict(),
+            "start_from_latent_avg": True, "dataset_type": "ffhq_encode", "device": "cuda:0",
+            "toonmix_encoder": enc.to_dict(),
             "toonmix_decoder": net.decoder.cfg.to_dict()}
-    return {"state_dict": sd, "opts": {**(opts or {}), **base}, "latent_avg": net.latent_avg.detach().cpu().clone()}
+    return {"state_dict": sd, "opts": {**base, **(opts or {})}, "latent_avg": net.latent_avg.detach().cpu().clone()}
 
 
 def save_restyle(path: str | Path, net: ReStyle, opts: dict | None = None) -> Path:
@@ -118,7 +121,6 @@ def load_encoder(spec: str | Path) -> ReStyle:
     meta = read_meta(path, ("config", "g_config", "enc_config"))
     G = Generator(GeneratorConfig(**meta["g_config"]))
     net = ReStyle(Encoder(EncoderConfig(**meta["enc_config"])), G, torch.zeros(G.n_latent, G.style_dim))
-    manager.load(path, {"net": net})
+    manager.load(path, {"net": net})  # avg_image and latent_avg included
     net.decoder.w_avg.copy_(net.latent_avg[0])
-    net.refresh_average_image()
     return net.eval()

@@ -52,6 +52,11 @@ class RunConfig:
     """After every phase, verify that all ranks hold bitwise-identical gradients and weights
     (a hash gathered from every rank; slow, for debugging and tests)."""
 
+    def __post_init__(self) -> None:
+        if min(self.ckpt_ticks, self.keep_ckpts, self.max_nonfinite, self.grid_size) < 1 or self.export_ticks < 0:
+            raise ValueError("run.ckpt_ticks, run.keep_ckpts, run.max_nonfinite and run.grid_size must be >= 1, "
+                             "run.export_ticks >= 0")
+
 
 
 @dataclass

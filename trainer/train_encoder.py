@@ -40,7 +40,8 @@ ENCODER_META = ("config", "g_config", "enc_config")
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Changing these across a resume changes what the saved weights or optimizer state mean.
 FATAL_CHANGES = ("domain", "model.backbone", "model.width", "model.units", "model.input_size", "optim.optimizer",
-                 "decoder.source", "decoder.target", "decoder.target_mode", "decoder.swap_res")
+                 "model.mixed_precision", "decoder.source", "decoder.target", "decoder.target_mode",
+                 "decoder.swap_res")
 
 
 def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
@@ -84,8 +85,7 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
         rank_state, _ = ckpt.load(start.resume_from, state)
         for group in opt.param_groups:  # the configuration decides the learning rate
             group["lr"] = cfg.optim.lr
-        scale.load_state_dict(train["scale"])
-        net.refresh_average_image()
+        scale.load_state_dict(train["scale"])  # avg_image came with the checkpoint: not recomputed
         loader = restore_rank(rank_state, meta, dist, cfg.run.seed, loader,
                               lambda seed: make_loader(cfg.loader, per_rank, dist, seed))
         log.info(resumed_note(start.resume_from, meta, dist.world, changed))
@@ -118,6 +118,7 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
         x = fit_size(to_device(next(data).images, device), net.size)
 
         # Refinement passes: a loss and a backward each; the gradients accumulate.
+        stats_before = [b.detach().clone() for b in net.encoder.buffers()]
         prev = None
         for t in range(cfg.optim.n_iters):
             out = net.step(x, prev, noise_mode="random")
@@ -130,6 +131,13 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
 
         # Optimizer step: gradients averaged over ranks; skipped everywhere if non-finite.
         stepped = synced_step("encoder", params, opt, scale, dist, cfg.run.check_sync)
+        # A skipped step's forwards also moved the BatchNorm statistics, and an overflowing
+        # forward can make them Inf even when the gradients stay finite: undo both.
+        buffers = list(net.encoder.buffers())
+        if not stepped or not all(torch.isfinite(b).all() for b in buffers if b.is_floating_point()):
+            with torch.no_grad():
+                for b, old in zip(buffers, stats_before):
+                    b.copy_(old)
         bad_steps = 0 if stepped else bad_steps + 1
         step += 1
         cur_nimg += cfg.optim.batch

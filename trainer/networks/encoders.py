@@ -117,10 +117,10 @@ class Encoder(nn.Module):
 def init_backbone(enc: Encoder, path: str | None, check_hash: bool = True) -> str:
     """Loads the pretrained body ReStyle starts from; returns a line for the log.
 
-    IR-SE50: ``model_ir_se50.pth`` into input_layer and body; the 6-channel input
-    conv takes the file's 3-channel weights for the image channels and N(0, 1) for
-    the others (as ReStyle does). ResNet34: torchvision's layer1..4 into the body
-    (the 7x7 input conv is new, as in ReStyle). Without a file the body stays random
+    IR-SE50: ``model_ir_se50.pth`` into input_layer and body. ResNet34: torchvision's
+    conv1 and bn1 into the input layer, layer1..4 into the body. Either way the
+    6-channel input conv takes the file's 3-channel weights for the image channels
+    and N(0, 1) for the others (as ReStyle does). Without a file the body stays random
     and a warning says so: an encoder trained from scratch converges far slower.
     """
     key = enc.cfg.backbone if enc.cfg.backbone == "resnet34" else "ir_se50"
@@ -133,23 +133,27 @@ def init_backbone(enc: Encoder, path: str | None, check_hash: bool = True) -> st
         raise ValueError(f"model.backbone_weights fit only the public {enc.cfg.backbone} layout "
                          f"(width 1, default units); this encoder has width {enc.cfg.width}, units {enc.cfg.units}")
     sd = tensors(load_weights(path, key, f"the {enc.cfg.backbone} encoder", check_hash=check_hash), path)
+    conv = "input_layer.0.weight" if key == "ir_se50" else "conv1.weight"
+    if conv in sd:
+        sd = {**sd, conv: _widen(sd[conv], enc.cfg.input_nc)}
     if key == "ir_se50":
-        w = sd["input_layer.0.weight"]
-        if enc.cfg.input_nc != w.shape[1]:
-            extra = torch.randn(w.shape[0], enc.cfg.input_nc, *w.shape[2:])
-            extra[:, :w.shape[1]] = w
-            sd = {**sd, "input_layer.0.weight": extra}
         mine = {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body."))}
         load_into(enc, mine, "the IR-SE50 encoder body", path, allow_missing=("styles.",))
     else:
-        offsets, n = {}, 0
-        for i, count in enumerate((3, 4, 6, 3)):
-            offsets[i + 1] = n
-            n += count
-        mine = {}
+        offsets = dict(zip((1, 2, 3, 4), (0, 3, 7, 13)))  # first body index of each stage (3, 4, 6, 3 blocks)
+        mine = {k: v for k, v in sd.items() if k.startswith(("conv1.", "bn1."))}
         for k, v in sd.items():
             if k.startswith("layer"):
                 layer, idx, rest = k.split(".", 2)
                 mine[f"body.{offsets[int(layer[5:])] + int(idx)}.{rest}"] = v
-        load_into(enc, mine, "the ResNet34 encoder body", path, allow_missing=("styles.", "conv1.", "bn1.", "relu."))
+        load_into(enc, mine, "the ResNet34 encoder body", path, allow_missing=("styles.", "relu."))
     return f"encoder body initialised from {path}"
+
+
+def _widen(w: torch.Tensor, in_ch: int) -> torch.Tensor:
+    """A pretrained RGB input conv for ``in_ch`` channels: RGB weights first, N(0, 1) after."""
+    if w.shape[1] == in_ch:
+        return w
+    out = torch.randn(w.shape[0], in_ch, *w.shape[2:])
+    out[:, :w.shape[1]] = w
+    return out
