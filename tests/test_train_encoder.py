@@ -86,7 +86,7 @@ def run_inprocess(argv: list[str], monkeypatch) -> int:
 # ----------------------------------------------------------------------------
 # Learning and the run folder.
 
-def test_refinement_training_lowers_the_reconstruction_loss(files, tmp_path, monkeypatch):
+def test_refinement_training_lowers_the_reconstruction_loss(files, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     argv = ["--config", str(ROOT / "launch/configs/encoder_tiny.yaml"), f"loader.data={files['gen_shards']}",
             f"decoder.source={files['g_src']}", "loader.workers=0", f"run.dir={run}", "run.total_kimg=0.128",
@@ -108,6 +108,10 @@ def test_refinement_training_lowers_the_reconstruction_loss(files, tmp_path, mon
     b = load_restyle(run / "encoder-restyle.pt")[0].invert(x, 2)
     for pa, pb in zip(a, b):
         assert torch.equal(pa.latent, pb.latent) and torch.equal(pa.image, pb.image)
+    # A resume that would reinterpret the saved state is refused before any step.
+    assert run_inprocess(["--resume", "latest", f"run.dir={run}", "model.mixed_precision=fp16",
+                          "run.total_kimg=0.2"], monkeypatch) == 2
+    assert "cannot resume with changed ['model.mixed_precision']" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from trainer.checkpoint import CheckpointManager
 from trainer.config_io import ConfigError
 from trainer.gan_config import RunConfig
-from trainer.run_start import Start, base_config, read_meta
+from trainer.run_start import Start, base_config, changed_settings, read_meta
 from trainer.steps import counters
 from trainer.run_start import resolve_start as _resolve_start
 
@@ -23,8 +23,7 @@ def resolve_start(raw: dict, resume: str | None) -> Start:
 def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
     """Keys whose change across a resume breaks the run (an error) or changes it (a note)."""
     old = meta["config"]
-    changed = [f"{s}.{k}" for s in ("loss", "optim", "ada", "freeze", "model") for k in old.get(s, {})
-               if old[s][k] != cfg_dict[s].get(k)]
+    changed = changed_settings(old, cfg_dict)
     fatal = [k for k in changed if k in ("model.mixed_precision", "freeze.d", "freeze.d_convention",
                                          "freeze.g_res", "freeze.g_mapping")]
     source = lambda c: c["freeze"]["style"] > 0 or c["freeze"]["structure_layers"] > 0  # noqa: E731

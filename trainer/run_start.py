@@ -120,3 +120,17 @@ def base_config(start: Start, has_config_file: bool) -> dict | None:
     if start.meta is None or has_config_file:
         return None
     return start.meta["config"]
+
+
+def changed_settings(old: dict, new: dict, ignore: tuple[str, ...] = ("run.", "loader.")) -> list[str]:
+    """Dotted keys whose values differ between two resolved configurations (nested
+    sections flattened), leaving out those under ``ignore``: what a resume changes."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in a if k in b and a[k] != b[k] and not k.startswith(ignore))
+
+
+def _flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

@@ -30,7 +30,7 @@ from trainer.loss_scale import DynamicLossScale
 from trainer.meters import Meters
 from trainer.networks.encoders import Encoder, EncoderConfig
 from trainer.networks.restyle import Pass, ReStyle
-from trainer.run_start import Start
+from trainer.run_start import Start, changed_settings
 from trainer.runlog import RunLog
 from trainer.steps import (NonFiniteError, check_batch, counters, make_loader, restore_rank, resumed_note,
                            synced_step)
@@ -179,20 +179,12 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
 
 def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
     """Changed keys (noted); raises if a change makes the checkpoint mean something else."""
-    a, b = _flat(meta["config"]), _flat(cfg_dict)
-    changed = sorted(k for k in a if k in b and a[k] != b[k] and not k.startswith(("run.", "loader.")))
+    changed = changed_settings(meta["config"], cfg_dict)
     fatal = [k for k in changed if k in FATAL_CHANGES]
     if fatal:
         raise ConfigError(f"cannot resume with changed {fatal}: the checkpoint's encoder, generator or "
                           "optimizer state belongs to the old setting; start a new run")
     return changed
-
-
-def _flat(cfg: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in cfg.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
