@@ -96,7 +96,7 @@ def test_refinement_training_lowers_the_reconstruction_loss(files, tmp_path, mon
     first, last = rows[0]["Loss/l2/pass2"], rows[-1]["Loss/l2/pass2"]
     assert last < 0.75 * first, (first, last)
     assert rows[-1]["Progress/kimg"] == pytest.approx(0.128)
-    assert {"Loss/l2/pass1", "Loss/total/pass2", "Timing/img_per_sec"} <= set(rows[-1])
+    assert {"Loss/l2/pass1", "Loss/total/pass2", "Timing/img_per_sec", "Ops/upfirdn2d/ref"} <= set(rows[-1])
     log = (run / "log.txt").read_text()
     assert "RANDOM weights" in log  # no body weights given: said loudly
     assert (run / "config.yaml").is_file() and glob.glob(str(run / "events.out.tfevents.*"))

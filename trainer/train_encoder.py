@@ -158,6 +158,8 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
                       "Timing/img_per_sec": (cur_nimg - tick_nimg) / max(elapsed, 1e-9),
                       "Timing/sec_per_kimg": elapsed / max((cur_nimg - tick_nimg) / 1000, 1e-9),
                       "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/loss_scale": scale.scale})
+        stats.update({f"Ops/{op}/{impl}": n for op, d in ops.impl_counts().items() for impl, n in d.items()})
+        ops.reset_records()
         log.stats(step, stats, kimg=cur_nimg / 1000)
         last = f"pass{cfg.optim.n_iters}"
         log.info(f"tick {tick} kimg {cur_nimg / 1000:.3f} step {step} img/s {stats['Timing/img_per_sec']:.2f} "
