@@ -90,13 +90,17 @@ def test_refinement_training_lowers_the_reconstruction_loss(files, tmp_path, mon
     run = tmp_path / "run"
     argv = ["--config", str(ROOT / "launch/configs/encoder_tiny.yaml"), f"loader.data={files['gen_shards']}",
             f"decoder.source={files['g_src']}", "loader.workers=0", f"run.dir={run}", "run.total_kimg=0.128",
-            "run.tick_kimg=0.016", "optim.batch=4", "optim.n_iters=2", "run.ckpt_ticks=100"]
+            "run.tick_kimg=0.016", "optim.batch=4", "optim.n_iters=2", "run.ckpt_ticks=100",
+            f"run.val_data={files['gen_images']}", "run.val_images=6", "run.val_ticks=4"]
     assert run_inprocess(argv, monkeypatch) == 0
     rows = stats(run)
     first, last = rows[0]["Loss/l2/pass2"], rows[-1]["Loss/l2/pass2"]
     assert last < 0.75 * first, (first, last)
     assert rows[-1]["Progress/kimg"] == pytest.approx(0.128)
     assert {"Loss/l2/pass1", "Loss/total/pass2", "Timing/img_per_sec", "Ops/upfirdn2d/ref"} <= set(rows[-1])
+    val = [r for r in rows if "Val/l2/pass2" in r]  # held-out metrics every 4th tick
+    assert [r["Progress/tick"] for r in val] == [4, 8] and "Val/ms_ssim/pass1" in val[-1]
+    assert val[-1]["Val/l2/pass2"] < val[0]["Val/l2/pass2"]
     log = (run / "log.txt").read_text()
     assert "RANDOM weights" in log  # no body weights given: said loudly
     assert (run / "config.yaml").is_file() and glob.glob(str(run / "events.out.tfevents.*"))
@@ -227,6 +231,7 @@ def test_help_lists_every_configuration_key():
     (["loss.lpips=0", "loss.id=0", "domain=target"], "decoder.target is not set"),
     (["loss.lpips=0", "loss.id=0", "decoder.source=/nowhere/g.pt"], "no such checkpoint"),
     (["loss.lpips=0", "loss.id=0", "optim.batch=3", "optim.optimizr=adam"], "did you mean optim.optimizer"),
+    (["loss.lpips=0", "loss.id=0", "run.val_data=/nowhere/held-out"], "run.val_data=/nowhere/held-out"),
 ])
 def test_bad_input_stops_before_training_with_a_clear_message(extra, message, files, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"

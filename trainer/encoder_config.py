@@ -31,6 +31,13 @@ class EncoderRunConfig(RunConfig):
     """Also write encoder-restyle.pt (ReStyle's format) every this many ticks (0: only at the end)."""
     grid_size: int = 6
     """Images in the reconstruction grid (one row each: input, then every refinement pass)."""
+    val_data: str | None = None
+    """Held-out images (a shard folder or an image folder): per-pass L2, LPIPS (when
+    loss.lpips is on), ID similarity (with the ArcFace loss) and MS-SSIM every val_ticks."""
+    val_images: int = 64
+    """Held-out images used (the first ones, in order)."""
+    val_ticks: int = 5
+    """Validate every this many ticks (and at the end)."""
 
 
 @dataclass
@@ -154,6 +161,7 @@ class EncoderTrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.optim.batch >= 1 and self.optim.n_iters >= 1, "optim.batch and optim.n_iters must be >= 1"),
+            (self.run.val_images >= 1 and self.run.val_ticks >= 1, "run.val_images and run.val_ticks must be >= 1"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
             (self.run.total_kimg > 0 and self.run.tick_kimg > 0, "run.total_kimg and run.tick_kimg must be > 0"),
             (self.run.keep_ckpts >= 1, "run.keep_ckpts must be >= 1"),

@@ -17,12 +17,15 @@ import torch
 import torch.nn.functional as F
 
 import ops
+from datasets.errors import DataError
 from datasets.loader import ShardLoader, to_device
+from eval.encoder_metrics import evaluate
 from trainer import encoder_setup as setup
 from trainer.checkpoint import CheckpointManager, OptimizerState
 from trainer.config_io import ConfigError, to_dict, to_yaml
 from trainer.distributed import Dist, rng_state, seed_rank
 from trainer.encoder_config import EncoderTrainConfig
+from trainer.encoder_data import ImageSource
 from trainer.encoder_io import save_restyle
 from trainer.encoder_loss import EncoderLoss
 from trainer.imageio import to_uint8
@@ -99,6 +102,7 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
     if loader.image_size != net.size:
         log.info(f"note: {loader.image_size}px training images are resized to the encoder's {net.size}px input")
     grid_x = grid_images(cfg, net.size, device) if dist.is_main else None
+    val = held_out(cfg, net.size, dist)
     meters = Meters(device)
     data = iter(loader)
     tick_start = time.time()
@@ -158,6 +162,8 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
                       "Timing/img_per_sec": (cur_nimg - tick_nimg) / max(elapsed, 1e-9),
                       "Timing/sec_per_kimg": elapsed / max((cur_nimg - tick_nimg) / 1000, 1e-9),
                       "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/loss_scale": scale.scale})
+        if val and (tick % cfg.run.val_ticks == 0 or done):
+            stats.update(validate(net, val, cfg.optim.n_iters, lpips, idnet if cfg.id_net == "arcface" else None, log))
         stats.update({f"Ops/{op}/{impl}": n for op, d in ops.impl_counts().items() for impl, n in d.items()})
         ops.reset_records()
         log.stats(step, stats, kimg=cur_nimg / 1000)
@@ -201,6 +207,35 @@ def grid_images(cfg: EncoderTrainConfig, size: int, device: torch.device) -> tor
     loader = ShardLoader(replace(cfg.loader, batch_size=cfg.run.grid_size, workers=0), 0, 1, "eval")
     batch = next(iter(loader))
     return fit_size(to_device(batch.images, device), size)
+
+
+def held_out(cfg: EncoderTrainConfig, size: int, dist: Dist) -> list[tuple[list[str], torch.Tensor]]:
+    """The validation images, read once on the main process (empty elsewhere). A bad
+    run.val_data stops every rank with the main process's message, not a hang."""
+    batches, error = [], None
+    if dist.is_main and cfg.run.val_data:
+        try:
+            source = ImageSource(cfg.run.val_data, size, min(cfg.run.val_images, 32), cfg.run.val_images)
+            batches = [(names, x.to(dist.device)) for names, x in source.batches()]
+            error = None if batches else f"run.val_data={cfg.run.val_data}: no readable images"
+        except DataError as e:
+            error = f"run.val_data={cfg.run.val_data}: {e}"
+    error = dist.broadcast_object(error)
+    if error:
+        raise DataError(error)
+    return batches
+
+
+def validate(net: ReStyle, val: list, n_iters: int, lpips, face_id, log: RunLog) -> dict[str, float]:
+    """Held-out metrics per pass (``Val/<metric>/pass<t>``) for the tick's stats; a line in the log."""
+    was_training = net.training
+    net.eval()
+    report = evaluate(net, val, n_iters, lpips, face_id, val[0][1].device, progress=False)
+    net.train(was_training)
+    last = report["passes"][-1]
+    log.info(f"validation on {report['images']} images, pass {last['pass']}: "
+             + " ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "pass"))
+    return {f"Val/{k}/pass{row['pass']}": v for row in report["passes"] for k, v in row.items() if k != "pass"}
 
 
 @torch.no_grad()
