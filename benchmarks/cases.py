@@ -21,3 +21,13 @@ def run_cuda_cases(script: str) -> dict:
     if r.returncode != 0:
         raise RuntimeError(f"{script} --cuda-only failed (exit {r.returncode})")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def finish(results: dict, args, script: str) -> dict:
+    """Adds the CUDA cases (own process) unless --quick/--cuda-only, prints the JSON line."""
+    import torch
+
+    if not args.quick and not args.cuda_only and torch.cuda.is_available():
+        results.update(run_cuda_cases(script))
+    print(json.dumps(results))
+    return results

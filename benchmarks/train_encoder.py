@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.cases import run_cuda_cases  # noqa: E402
+from benchmarks.cases import finish  # noqa: E402
 from benchmarks.train_gan import make_shards  # noqa: E402
 from trainer.model_io import save_checkpoint  # noqa: E402
 from trainer.networks import Generator, GeneratorConfig  # noqa: E402
@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
                             f"train_gpu_mem_gib_{device}": tr["gpu_mem_gib"], f"invert_img_s_{device}": inv["img_s"],
                             f"invert_s_per_img_{device}": inv["s_per_img"], f"invert_batch_{device}": inv_batch,
                             f"generator_{device}": f"{g_arch['size']}px, multiplier {g_arch['channel_multiplier']}"})
-    if not args.quick and not args.cuda_only and torch.cuda.is_available():
-        results.update(run_cuda_cases(__file__))
-    print(json.dumps(results))
-    return results
+    return finish(results, args, __file__)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.cases import run_cuda_cases  # noqa: E402
+from benchmarks.cases import finish  # noqa: E402
 from benchmarks.data import photo_like  # noqa: E402
 from datasets.process import WriterConfig  # noqa: E402
 from datasets.shards import write_shards  # noqa: E402
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
             key = f"{size}_{device}"
             results.update({f"s_per_kimg_{key}": r["s_per_kimg"], f"img_s_{key}": r["img_s"],
                             f"batch_{key}": batch, f"gpu_mem_gib_{key}": r["gpu_mem_gib"], f"ops_{key}": r["ops"]})
-    if not args.quick and not args.cuda_only and torch.cuda.is_available():
-        results.update(run_cuda_cases(__file__))
-    print(json.dumps(results))
-    return results
+    return finish(results, args, __file__)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = " (or pass --no-lpips)" if "LPIPS" in str(e) else ""
         print(f"error: {e}{hint}", file=sys.stderr)
         return 2
-    for note, n in sorted(source.notes.items()):
-        print(f"note: {n} image(s) {note}", file=sys.stderr)
+    for line in source.report():
+        print(line, file=sys.stderr)
     report.update({"encoder": str(args.encoder), "images_path": args.images, "lpips_net": args.lpips_net if lpips else None})
     line = json.dumps(report)
     if args.out:

@@ -66,10 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, RunCheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for note, n in sorted(source.notes.items()):
-        print(f"note: {n} image(s) {note}", file=sys.stderr)
-    for line in source.skipped:
-        print(f"skipped: {line}", file=sys.stderr)
+    for line in source.report():
+        print(line, file=sys.stderr)
     if not names:
         print(f"error: no readable images in {args.images}", file=sys.stderr)
         return 2

@@ -34,6 +34,11 @@ class ImageSource:
     """What was converted, resized or skipped, by reason."""
     skipped: list[str] = field(default_factory=list)
 
+    def report(self) -> list[str]:
+        """What was converted, resized or skipped (counts, then each skipped file), for stderr."""
+        return ([f"note: {n} image(s) {note}" for note, n in sorted(self.notes.items())]
+                + [f"skipped: {line}" for line in self.skipped])
+
     def is_shards(self) -> bool:
         p = Path(self.path)
         return "://" in self.path or (p / "manifest.json").is_file() or p.name.endswith(".json")
