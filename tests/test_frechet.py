@@ -1,0 +1,105 @@
+"""Statistics, the Fréchet distance (against SciPy's sqrtm) and KID."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import linalg
+
+from eval.frechet import FeatureStats, feature_stats, frechet_distance, kid, load_npz, trace_sqrt_product
+
+
+def scipy_fid(a: FeatureStats, b: FeatureStats) -> float:
+    """pytorch-fid's formula: sqrtm of the product, real part of its trace."""
+    covmean = linalg.sqrtm(a.sigma @ b.sigma)
+    diff = a.mu - b.mu
+    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(covmean).real)
+
+
+def test_well_conditioned_matches_sqrtm():
+    rng = np.random.default_rng(0)
+    a = feature_stats(rng.standard_normal((400, 64)) @ rng.standard_normal((64, 64)))
+    b = feature_stats(rng.standard_normal((500, 64)) * 1.3 + 0.2)
+    ours, ref = frechet_distance(a, b), scipy_fid(a, b)
+    assert ref > 1.0
+    assert ours == pytest.approx(ref, rel=1e-10)
+
+
+def test_rank_deficient_matches_sqrtm():
+    # Fewer samples than dimensions: both covariances are singular (rank 19 and 24 of 48).
+    rng = np.random.default_rng(1)
+    a = feature_stats(rng.standard_normal((20, 48)))
+    b = feature_stats(rng.standard_normal((25, 48)) + 0.5)
+    assert np.linalg.matrix_rank(a.sigma) < 48 and np.linalg.matrix_rank(b.sigma) < 48
+    ours, ref = frechet_distance(a, b), scipy_fid(a, b)
+    assert ours == pytest.approx(ref, rel=1e-6)
+
+
+def test_trace_term_of_known_matrices():
+    # Commuting diagonal covariances: tr sqrt(S1 S2) = sum sqrt(d1 * d2).
+    d1, d2 = np.array([1.0, 4.0, 9.0, 0.0]), np.array([4.0, 1.0, 1.0, 7.0])
+    assert trace_sqrt_product(np.diag(d1), np.diag(d2)) == pytest.approx(2 + 2 + 3 + 0)
+    # Identical distributions are at distance 0.
+    s = feature_stats(np.random.default_rng(2).standard_normal((300, 16)))
+    assert abs(frechet_distance(s, s)) < 1e-9
+
+
+def test_gaussians_with_known_distance():
+    # N(0, I) vs N(m, 4I) in d dims: |m|^2 + d (1 + 4 - 2 * 2) = |m|^2 + d.
+    rng = np.random.default_rng(3)
+    d, m = 8, np.full(8, 0.5)
+    a = feature_stats(rng.standard_normal((200_000, d)), ddof=0)
+    b = feature_stats(rng.standard_normal((200_000, d)) * 2 + m, ddof=0)
+    assert frechet_distance(a, b) == pytest.approx(m @ m + d, rel=0.02)
+
+
+def test_ddof_normalisation():
+    x = np.random.default_rng(4).standard_normal((10, 3))
+    np.testing.assert_allclose(feature_stats(x, ddof=1).sigma, np.cov(x, rowvar=False), rtol=1e-12)
+    np.testing.assert_allclose(feature_stats(x, ddof=0).sigma, np.cov(x, rowvar=False, bias=True), rtol=1e-12)
+    with pytest.raises(ValueError, match="ddof"):
+        feature_stats(x, ddof=2)
+
+
+def test_npz_round_trip_and_foreign_files(tmp_path):
+    s = feature_stats(np.random.default_rng(5).standard_normal((30, 4)))
+    back, meta = load_npz(s.save_npz(tmp_path / "ref.npz", preprocess="tf"))
+    assert np.array_equal(back.mu, s.mu) and np.array_equal(back.sigma, s.sigma)
+    assert (back.n, back.ddof, meta["preprocess"]) == (30, 1, "tf")
+    np.savez(tmp_path / "pytorch_fid.npz", mu=s.mu.astype(np.float32), sigma=s.sigma)  # other tools' layout
+    other, _ = load_npz(tmp_path / "pytorch_fid.npz")
+    assert other.mu.dtype == np.float64 and other.mu.shape == (4,)
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="mu"):
+        load_npz(tmp_path / "bad.npz")
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros(3), sigma=np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_npz(tmp_path / "wrong.npz")
+
+
+def test_kid_on_known_distributions():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((600, 16))
+    same = rng.standard_normal((600, 16))
+    shifted = rng.standard_normal((600, 16)) + 1.0
+    k_same, std_same = kid(x, same, subsets=20, subset_size=200, seed=0)
+    k_shift, _ = kid(x, shifted, subsets=20, subset_size=200, seed=0)
+    # Unbiased: near 0 for equal distributions (within a few subset standard deviations).
+    assert abs(k_same) < 3 * std_same + 1e-3
+    assert k_shift > 0.1 and k_shift > 50 * abs(k_same)
+    assert kid(x, shifted, 20, 200, seed=0) == kid(x, shifted, 20, 200, seed=0)
+    assert kid(x, shifted, 20, 200, seed=1) != kid(x, shifted, 20, 200, seed=0)
+
+
+def test_kid_matches_a_direct_mmd():
+    # One subset covering everything: the unbiased MMD^2 written out with loops over pairs.
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((12, 5)), rng.standard_normal((12, 5)) + 0.3
+    k = lambda a, b: (a @ b / 5 + 1) ** 3  # noqa: E731
+    m = 12
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    mean, std = kid(x, y, subsets=3, subset_size=12, seed=0)
+    assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+    assert std == pytest.approx(0, abs=1e-10)  # every subset is the whole set
