@@ -143,6 +143,13 @@ def shard_at(seed: int, slot: int, slots: int, n: int, q: int) -> int:
     return int(_round_permutation(seed, round_, n)[i])
 
 
+def eval_range(n: int, batch_size: int, part: int, parts: int) -> tuple[int, int]:
+    """Samples [lo, hi) of ``part`` of ``parts`` in evaluation: a contiguous run of whole
+    batches, so batch boundaries sit at multiples of ``batch_size`` whatever ``parts`` is."""
+    nb = -(-n // batch_size)
+    return min(part * nb // parts * batch_size, n), min((part + 1) * nb // parts * batch_size, n)
+
+
 class _Stream(IterableDataset):
     """Runs in each DataLoader worker; yields collated uint8 batches with their stream position."""
 
@@ -273,9 +280,12 @@ class _Stream(IterableDataset):
 
     # -- evaluation
     def _eval(self, w: int, nworkers: int) -> Iterator[dict]:
-        n = self.shards.total
-        lo, hi = self.rank * n // self.world, (self.rank + 1) * n // self.world
-        lo, hi = lo + (hi - lo) * w // nworkers, lo + (hi - lo) * (w + 1) // nworkers
+        # Batch b always holds samples [b * B, (b + 1) * B) of the manifest order (fewer if some
+        # are skipped): ranks and workers take whole batches, so every batch has the same
+        # contents for any world size, and features computed from it are bit-identical.
+        lo, hi = eval_range(self.shards.total, self.cfg.batch_size, self.rank * nworkers + w,
+                            self.world * nworkers)
+        bs = self.cfg.batch_size
         skipped, batch, start = Counter(), [], 0
         for shard, count in enumerate(self.shards.counts):
             if start < hi and start + count > lo:
@@ -286,9 +296,9 @@ class _Stream(IterableDataset):
                         sample = self._decode(raw, skipped)
                         if sample is not None:
                             batch.append((*sample, start + m))
-                    if len(batch) == self.cfg.batch_size:
-                        yield self._eval_batch(batch, w, skipped)
-                        batch = []
+                        if (start + m + 1) % bs == 0 and batch:  # the end of a global batch
+                            yield self._eval_batch(batch, w, skipped)
+                            batch = []
             start += count
         if batch:
             yield self._eval_batch(batch, w, skipped)
@@ -352,11 +362,10 @@ class ShardLoader:
         return dict(total)
 
     def __len__(self) -> int:
-        if self.mode == "eval":
-            n = self.shards.total
-            mine = (self.rank + 1) * n // self.world - self.rank * n // self.world
-            w = self.nworkers
-            return sum(-(-((mine * (i + 1) // w) - (mine * i // w)) // self.cfg.batch_size) for i in range(w))
+        if self.mode == "eval":  # the number of batches if none is skipped
+            n, bs, w = self.shards.total, self.cfg.batch_size, self.nworkers
+            spans = (eval_range(n, bs, self.rank * w + i, self.world * w) for i in range(w))
+            return sum(-(-(hi - lo) // bs) for lo, hi in spans)
         if self.cfg.epoch_samples is None:
             raise TypeError("an endless training stream has no length; set epoch_samples")
         return -(-self.cfg.epoch_samples // (self.world * self.cfg.batch_size))

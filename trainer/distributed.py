@@ -66,6 +66,15 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on the main process, None elsewhere (one copy
+        of large results, e.g. evaluation features, instead of one per rank)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     @torch.no_grad()
     def broadcast_module(self, module: nn.Module, src: int = 0) -> None:
         """Copies rank ``src``'s parameters and buffers to every rank (identical starts)."""
