@@ -45,6 +45,10 @@ PUBLIC: dict[str, WeightFile] = {w.key: w for w in (
     WeightFile("lpips_vgg", "vgg.pth", "the lpips package (richzhang/PerceptualSimilarity), lpips/weights/v0.1/vgg.pth"),
     WeightFile("moco_v2", "moco_v2_800ep_pretrain.pt",
                "facebookresearch/moco (MoCo v2, 800 epochs; ReStyle's list names it moco_v2_800ep_pretrain.pt)"),
+    WeightFile("inception_fid", "pt_inception-2015-12-05-6726825d.pth",
+               "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"),
+    WeightFile("inception_nvidia", "inception-2015-12-05.pt",
+               "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"),
 )}
 
 _TORCHVISION_NAME = re.compile(r"-([0-9a-f]{8,})\.pth?$")
