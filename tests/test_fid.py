@@ -1,0 +1,187 @@
+"""FID/KID end to end: world-size invariance, batch size, caching, sources, the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.features import FolderSource, GeneratorSource, ShardSource, extract
+from eval.fid_preprocess import FIDDetector
+from eval.inception import InceptionV3
+from launch import fid as cli
+from tests.data_fixtures import face_shards
+from tests.dist_fid_check import SmallDetector
+from tests.run_fixtures import torchrun
+from trainer.distributed import Dist
+from trainer.model_io import save_checkpoint
+from trainer.networks import Generator, GeneratorConfig
+
+TINY_G = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
+
+
+def detector_file(folder: Path) -> Path:
+    """Random Inception weights saved as pytorch-fid's file, named with its own hash prefix."""
+    torch.manual_seed(0)
+    net = InceptionV3()
+    # Running statistics from one batch of noise keep activations at unit scale through the
+    # 94 random layers (the default statistics let them fade to nothing).
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 3, 299, 299) * 2 - 1)
+    tmp = folder / "tmp.pth"
+    torch.save(net.state_dict(), tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    return tmp.rename(folder / f"pt_inception-2015-12-05-{digest}.pth")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("fid")
+    torch.manual_seed(1)
+    G = Generator(GeneratorConfig(size=16, **TINY_G))
+    G.update_w_avg()
+    return {"g": str(save_checkpoint(root / "g.pt", "rosinality", g_ema=G)), "shards": face_shards(root / "s", 10, 16),
+            "detector": str(detector_file(root))}
+
+
+def run(argv: list[str], monkeypatch) -> int:
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    return cli.main(argv)
+
+
+def base_args(files: dict, tmp: Path) -> list[str]:
+    return ["--real", files["shards"], "--fake", files["g"], "--protocol", "custom", "--num", "2", "--max-real", "2",
+            "--batch", "2",
+            "--detector", files["detector"], "--cache-dir", str(tmp / "cache")]
+
+
+def test_statistics_are_bit_identical_on_1_2_and_3_ranks(files, tmp_path):
+    # Shards, a generator and a folder with an unreadable file; batches of 3 over 10-11 items
+    # leave the last rank with fewer (or no) batches.
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png")
+    (folder / "5b.png").write_bytes(b"broken")
+    outs = []
+    for world in (1, 2, 3):
+        out = tmp_path / f"w{world}"
+        out.mkdir()
+        torchrun("tests.dist_fid_check", world, [str(out), files["shards"], files["g"], str(folder), "3"])
+        outs.append({k: np.load(out / f"{k}.npz") for k in ("shards", "generator", "folder")})
+    assert [len(outs[0][k]["features"]) for k in ("shards", "generator", "folder")] == [10, 11, 8]
+    assert int(outs[0]["folder"]["skipped"]) == 1
+    for other in outs[1:]:
+        for k in ("shards", "generator", "folder"):
+            for field in ("features", "mu", "sigma"):
+                assert np.array_equal(other[k][field], outs[0][k][field]), (k, field)
+            assert int(other[k]["skipped"]) == int(outs[0][k]["skipped"])
+    assert outs[0]["generator"]["features"].std(0).mean() > 0  # distinct samples, not one image repeated
+
+
+def dist_cpu(monkeypatch) -> Dist:
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    return Dist()
+
+
+def detector(files: dict, mode: str = "tf") -> FIDDetector:
+    from eval.inception import load_inception
+    return FIDDetector(load_inception(files["detector"])[0], mode).eval()
+
+
+def test_batch_size_changes_only_rounding(files, monkeypatch):
+    dist, det = dist_cpu(monkeypatch), detector(files)
+    G = cli.open_source(files["g"], None, cli.build_parser().parse_args(
+        ["--real", "x", "--fake", files["g"]]), "cpu", 3)
+    a = extract(G, det, dist, batch=1, progress=False)
+    b = extract(G, det, dist, batch=3, progress=False)
+    assert a.shape == (3, 2048) and a.std(0).mean() > 0
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # the stated tolerance (float32 batch rounding)
+    # Samples do not depend on the batch they were drawn in: the same z and noise per index.
+    src = GeneratorSource(G.G, 3, seed=0)
+    first = [x for _, imgs in src.batches(1, 0, 1) for x in imgs]
+    whole = [x for _, imgs in src.batches(3, 0, 1) for x in imgs]
+    assert all(torch.equal(x, y) for x, y in zip(first, whole))
+
+
+def test_folder_source_skips_and_counts_broken_files_and_mixed_sizes(files, tmp_path, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        size = (32, 32) if i % 2 else (20, 28)
+        Image.fromarray(np.full((*size, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "9.png").write_bytes(b"not a png")
+    src, det = FolderSource(str(folder)), SmallDetector().eval()
+    with torch.no_grad():
+        feats = extract(src, det, dist_cpu(monkeypatch), batch=4, progress=False)
+        # Mixed sizes go through in groups but keep their order: equal to one image at a time.
+        one = np.stack([extract(FolderSource(str(folder), files=[f]), det, dist_cpu(monkeypatch), 1,
+                                progress=False)[0] for f in sorted(folder.glob("[0-4].png"))])
+    assert feats.shape == (5, 64)
+    assert src.skipped == {"unreadable image": 1}
+    np.testing.assert_allclose(feats, one, rtol=1e-4, atol=1e-5)
+
+
+def test_shard_source_reads_each_sample_once(files, monkeypatch):
+    src = ShardSource(files["shards"], limit=7)
+    seen = [i for idx, _ in src.batches(3, 0, 1) for i in idx]
+    assert seen == list(range(7))
+
+
+def test_cache_reuse_kid_tensorboard_and_json(files, tmp_path, monkeypatch, capsys):
+    argv = base_args(files, tmp_path) + ["--kid", "--kid-subset-size", "2", "--kid-subsets", "10",
+                                         "--tb", str(tmp_path / "tb"), "--step", "12"]
+    assert run(argv, monkeypatch) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["real_from"] == "extracted" and "kid" in first and first["kid_std"] >= 0
+    cached = list((tmp_path / "cache").glob("shards-*.npz"))
+    assert len(cached) == 1 and set(np.load(cached[0]).files) >= {"mu", "sigma"}
+    assert run(argv, monkeypatch) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["real_from"] == "cache" and second["fid"] == first["fid"] and second["kid"] == first["kid"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / "tb"))
+    ev.Reload()
+    assert [(s.step, s.value) for s in ev.Scalars("Metrics/custom")] == [(12, pytest.approx(first["fid"]))] * 2
+    # Another preprocessing is another cache entry.
+    assert run(base_args(files, tmp_path) + ["--preprocess", "clean"], monkeypatch) == 0
+    assert len(list((tmp_path / "cache").glob("shards-*.npz"))) == 2
+    capsys.readouterr()
+    # Statistics in pytorch-fid's layout (mu, sigma only) stand in for the real images.
+    st = np.load(cached[0])
+    np.savez(tmp_path / "pytorch_fid.npz", mu=st["mu"], sigma=st["sigma"])
+    assert run(["--real", str(tmp_path / "pytorch_fid.npz")] + base_args(files, tmp_path)[2:], monkeypatch) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["real_from"] == "npz" and res["fid"] == pytest.approx(first["fid"], rel=1e-12)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--detector", "/nonexistent/inception-2015-12-05.pt"], "inception-2015-12-05"),
+    (["--fake", "/nonexistent/g.pt"], "no such file"),
+    (["--num", "1"], "--num"),
+])
+def test_bad_input_exits_2_with_a_clear_message(change, message, files, tmp_path, monkeypatch, capsys):
+    argv = base_args(files, tmp_path)
+    for k in range(0, len(change), 2):
+        argv[argv.index(change[k]) + 1] = change[k + 1]
+    assert run(argv, monkeypatch) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    for action in cli.build_parser()._actions:
+        assert all(opt in text for opt in action.option_strings)
+    assert "fid50k_full" in text and "torch-bilinear" in text
