@@ -1,0 +1,279 @@
+"""Cartoonizes face photos with Cross-Domain Style Mixing, beside the toonify and W+ mixing baselines.
+
+    accelerate launch -m launch.cartoonize --photos photos/ --character hero \\
+        --target-data data/characters --encoder-source runs/00004-encoder/encoder-restyle.pt \\
+        --encoder-target runs/00005-encoder/encoder-restyle.pt --g-source ffhq.pt \\
+        --g-target runs/00003-gan/network-final.pt --out cartoons/ --detector inception-2015-12-05.pt
+
+Steps: G_swap (mapping and layers below --swap-res from --g-source, the rest
+from --g-target); the character's latent from the look-up table (--lut, built
+and saved when missing: --k references per character sampled with --seed,
+inverted by the target encoder or by projection into G_swap, averaged in W+,
+all ranks in parallel); each photo inverted by the source encoder; styles
+mixed in StyleSpace (conv styles of W+ index < --m from the photo, the rest
+and every tRGB style from the character) and decoded with fixed noise.
+
+Writes to --out: cdsm/, toonify/, wplus/ (one PNG per photo and method),
+sheets/ (per row: photo, reconstruction, CDSM, toonify, W+ mix, then
+references), lut.pt (unless --lut elsewhere) and report.json (FID/KID of each
+method's cartoons against the character's images when a detector is given,
+identity similarity to the photo when --arcface is given, and refused files).
+Photos that are not face-sized or unreadable are listed and skipped; the rest
+of their batch goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+METHODS = ("cdsm", "toonify", "wplus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from launch.fid import add_detector_args
+
+    p = argparse.ArgumentParser(prog="accelerate launch -m launch.cartoonize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", required=True, help="folder of face photos (aligned crops)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--character", help="a character in --lut or a sub-folder name of --target-data")
+    who.add_argument("--targets", help="folder with one character's images (the folder name names it)")
+    p.add_argument("--target-data", help="folder with one sub-folder of images per character")
+    p.add_argument("--encoder-source", required=True, help="source (photo) encoder: file or checkpoint folder")
+    p.add_argument("--encoder-target", help="target encoder for the table (needed unless --invert projection)")
+    p.add_argument("--g-source", required=True, help="the FFHQ (source) generator checkpoint")
+    p.add_argument("--g-target", required=True, help="the fine-tuned (target) generator checkpoint")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--lut", help="look-up table file (default: <out>/lut.pt); missing characters are added")
+    p.add_argument("--k", type=int, default=50, help="references averaged per character (CDSM: 50)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the reference sampling")
+    p.add_argument("--invert", choices=["encoder", "projection"], default="encoder",
+                   help="how references are inverted: target encoder, or optimisation in G_swap")
+    p.add_argument("--projection-steps", type=int, default=1000, help="projection steps per reference batch")
+    p.add_argument("--iters", type=int, default=5, help="encoder refinement passes (ReStyle: 5)")
+    p.add_argument("--swap-res", type=int, default=32, help="G_swap takes the target's layers from here up")
+    p.add_argument("--m", type=int, default=6, help="conv styles of W+ index < m come from the photo")
+    p.add_argument("--no-trgb-replace", action="store_true",
+                   help="tRGB styles follow the W+ index rule instead of all coming from the character")
+    p.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise maps")
+    p.add_argument("--references", type=int, default=3, help="character references shown per sheet row")
+    p.add_argument("--min-side", type=int, default=64, help="smallest accepted photo side in pixels")
+    p.add_argument("--arcface", help="model_ir_se50.pth for identity similarity (skipped when absent)")
+    p.add_argument("--lpips-backbone", help="alexnet-owt-7be5be79.pth for projection's LPIPS term")
+    p.add_argument("--lpips-lin", help="the lpips package's alex.pth for projection's LPIPS term")
+    p.add_argument("--kid", action="store_true", help="also KID of each method's cartoons")
+    add_detector_args(p)
+    p.set_defaults(batch=8)
+    return p
+
+
+def _networks(args: argparse.Namespace, device):
+    """(source encoder, target encoder or None, G_swap) on ``device``."""
+    from eval.cdsm import g_swap
+    from trainer.encoder_io import load_encoder
+    from trainer.model_io import load_checkpoint
+
+    enc_s = load_encoder(args.encoder_source).to(device)
+    enc_t = load_encoder(args.encoder_target).to(device) if args.encoder_target else None
+    if args.invert == "encoder" and enc_t is None:
+        raise ValueError("--invert encoder needs --encoder-target (or use --invert projection)")
+    G = g_swap(load_checkpoint(args.g_source).generator(), load_checkpoint(args.g_target).generator(),
+               args.swap_res).to(device)
+    return enc_s, enc_t, G
+
+
+def _inverter(args: argparse.Namespace, enc_t, G):
+    """images [N, 3, S, S] -> W+ for the character table."""
+    from eval.projection import ProjectionConfig, project
+
+    if args.invert == "encoder":
+        return lambda x: enc_t.invert(x, args.iters)[-1].latent
+    lpips = None
+    if args.lpips_backbone or args.lpips_lin:
+        from trainer.networks.lpips import LPIPS
+
+        lpips = LPIPS.from_files("alex", args.lpips_backbone, args.lpips_lin, not args.no_check_hash).to(G.input.input.device)
+    else:
+        print("[cartoonize] projection without LPIPS weights: L2 only", file=sys.stderr)
+    cfg = ProjectionConfig(steps=args.projection_steps, lpips=1.0 if lpips else 0.0)
+    return lambda x: project(G, x, lpips, cfg).latents
+
+
+def character_images(args: argparse.Namespace) -> tuple[str, list[Path] | None]:
+    """(character name, its image files when a folder holds them)."""
+    from eval.cdsm_run import character_folders, image_files
+
+    if args.targets:
+        return Path(args.targets).resolve().name, image_files(args.targets)
+    if args.target_data:
+        chars = character_folders(args.target_data)
+        return args.character, chars.get(args.character)
+    return args.character, None
+
+
+def character_latent(args, dist, G, enc_t, size: int, check, out: Path):
+    """The character's table entry, built on every rank when the table lacks it."""
+    from eval.cdsm import LookUpTable, generator_fingerprint
+    from eval.cdsm_run import build_entries, update_table
+
+    name, files = character_images(args)
+    path = Path(args.lut) if args.lut else out / "lut.pt"
+    fp = generator_fingerprint(G)
+    table = LookUpTable.load(path, fp) if path.is_file() else LookUpTable(fp, {"swap_res": args.swap_res})
+    if name in table:  # to rebuild an entry, delete the table or name another --lut
+        return table.get(name), []
+    if files is None:  # neither the table nor the data know it
+        known = sorted(set(table.names()) | set(_data_names(args)))
+        raise KeyError(f"unknown character {name!r}; known: {', '.join(known) or '(none)'}")
+    built = build_entries({name: files}, args.k, args.seed, size, _inverter(args, enc_t, G), dist,
+                          args.batch, args.invert, check)
+    if dist.is_main:
+        table.meta.update({"k": args.k, "seed": args.seed, "method": args.invert})
+        update_table(table, built[0], path)
+    entry, refused = dist.broadcast_object((built[0][0], built[1]) if dist.is_main else None)
+    return entry, refused
+
+
+def _data_names(args) -> list[str]:
+    from eval.cdsm_run import character_folders
+
+    return list(character_folders(args.target_data)) if args.target_data else []
+
+
+def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) -> tuple[list, list]:
+    """Writes every method's output for this rank's photos; returns (identity rows, refused files)."""
+    import torch
+    from tqdm import tqdm
+
+    from eval.cdsm import MixConfig, cartoonize, toonify, wplus_mix
+    from eval.cdsm_run import image_files, my_batches, read_batch, sheet_row
+    from trainer.imageio import save_png, to_uint8
+
+    cfg = MixConfig(args.m, not args.no_trgb_replace, args.swap_res, args.noise_seed)
+    cfg.check(G)
+    files = image_files(args.photos)
+    if not files:
+        raise FileNotFoundError(f"{args.photos}: no photos")
+    shown = read_batch([Path(p) for p in entry.images], list(range(min(args.references, len(entry.images)))),
+                       size, check).images
+    refs = list(shown) if shown is not None else []
+    w_char = entry.latent[None].to(dist.device)
+    rows, refused = [], []
+    batches = my_batches(len(files), args.batch, dist.rank, dist.world)
+    for index in tqdm(batches, desc="cartoonize", unit="batch", disable=not dist.is_main):
+        b = read_batch(files, index, size, check)
+        refused += b.refused
+        if b.images is None:
+            continue
+        with torch.no_grad():
+            x = b.images.to(dist.device)
+            last = enc_s.invert(x, args.iters)[-1]
+            outs = {"cdsm": cartoonize(G, last.latent, w_char, cfg), "toonify": toonify(G, last.latent, cfg),
+                    "wplus": wplus_mix(G, last.latent, w_char, cfg)}
+        for j, i in enumerate(b.index):
+            stem = files[i].stem
+            for method, imgs in outs.items():
+                save_png(to_uint8(imgs[j:j + 1].cpu())[0], out / method / f"{stem}.png")
+            cells = [b.images[j], last.image[j].cpu()] + [outs[m][j].cpu() for m in METHODS] + refs
+            save_png(to_uint8(sheet_row(cells, size)[None])[0], out / "sheets" / f"{stem}.png")
+            rows.append((i, stem, {m: outs[m][j].cpu() for m in METHODS}, b.images[j]))
+    return rows, refused
+
+
+def identity_scores(args, dist, rows: list) -> dict[str, float] | None:
+    """Mean ArcFace cosine similarity between each photo and each method's output (None without weights)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.networks.face_id import FaceID
+
+    if not args.arcface:
+        return None
+    net = FaceID.from_file(args.arcface, not args.no_check_hash).to(dist.device)
+    sums = torch.zeros(len(METHODS) + 1, dtype=torch.float64, device=dist.device)
+    with torch.no_grad():
+        for _, _, outs, photo in rows:
+            up = lambda t: F.interpolate(t[None].to(dist.device), size=(256, 256), mode="bilinear",  # noqa: E731
+                                         align_corners=False)
+            e_photo = F.normalize(net(up(photo)), dim=1)
+            for k, m in enumerate(METHODS):
+                sums[k] += (e_photo * F.normalize(net(up(outs[m])), dim=1)).sum()
+            sums[-1] += 1
+    dist.all_reduce_sum(sums)
+    return {m: float(sums[k] / sums[-1]) for k, m in enumerate(METHODS)} if sums[-1] > 0 else None
+
+
+def style_metrics(args, dist, out: Path, ref_files: list[Path] | None) -> dict[str, dict]:
+    """FID (and KID) of each method's cartoons against the character's images, when a detector is given."""
+    from eval.features import FolderSource
+    from eval.fid import MetricConfig, compare, measure
+    from launch.fid import detector_path, load_detector
+
+    if not detector_path(args) or not ref_files:
+        return {}
+    detector, sha = load_detector(args, dist.device)
+    cfg = MetricConfig(args.preprocess, args.ddof, args.batch, args.kid)
+    real = measure(FolderSource(str(ref_files[0].parent), files=ref_files), detector, dist, cfg, sha, None, desc="references")
+    result = {}
+    for m in METHODS:
+        fake = measure(FolderSource(str(out / m)), detector, dist, cfg, sha, None, desc=m)
+        if dist.is_main:
+            result[m] = compare(real, fake, cfg)
+    return result
+
+
+def run(args: argparse.Namespace, dist) -> dict:
+    from eval.cdsm_run import FaceCheck
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check = FaceCheck(args.min_side)
+    enc_s, enc_t, G = _networks(args, dist.device)
+    size = enc_s.size
+    entry, refused_refs = character_latent(args, dist, G, enc_t, size, check, out)
+    rows, refused = cartoonize_photos(args, dist, enc_s, G, entry, size, check, out)
+    dist.barrier()  # every rank's PNGs are on disk before anyone measures the folders
+    ids = identity_scores(args, dist, rows)
+    _, ref_files = character_images(args)
+    metrics = style_metrics(args, dist, out, ref_files or [Path(p) for p in entry.images])
+    counts = dist.gather_objects((len(rows), refused))
+    if not dist.is_main:
+        return {}
+    report = {"character": entry.name, "references": len(entry.images), "k": entry.k, "method": entry.method,
+              "photos": sum(c[0] for c in counts), "refused": [r for c in counts for r in c[1]] + refused_refs,
+              "settings": {"m": args.m, "trgb_replace": not args.no_trgb_replace, "swap_res": args.swap_res,
+                           "noise_seed": args.noise_seed, "iters": args.iters},
+              "metrics": {m: {**metrics.get(m, {}), **({"id_similarity": ids[m]} if ids else {})}
+                          for m in METHODS}}
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trainer.distributed import Dist
+    from trainer.model_io import CheckpointError
+
+    dist = Dist()
+    try:
+        report, error = run(args, dist), None
+    except (FileNotFoundError, ValueError, KeyError, CheckpointError) as e:
+        report, error = {}, f"{type(e).__name__}: {e}"
+    errors = [e for e in dist.gather_objects(error) if e]
+    if errors:
+        if dist.is_main:
+            print(f"error: {errors[0]}", file=sys.stderr)
+        return 2
+    if dist.is_main:
+        for f, why in report["refused"]:
+            print(f"skipped: {f}: {why}", file=sys.stderr)
+        print(json.dumps({"character": report["character"], "photos": report["photos"],
+                          "refused": len(report["refused"]), "metrics": report["metrics"]}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
