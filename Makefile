@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/train_gan.py
 	$(PY) benchmarks/train_encoder.py
+	$(PY) benchmarks/fid.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

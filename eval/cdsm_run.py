@@ -95,11 +95,13 @@ def my_batches(n: int, batch: int, rank: int, world: int) -> list[list[int]]:
 @torch.no_grad()
 def build_entries(chars: dict[str, list[Path]], k: int, seed: int, size: int,
                   invert: Callable[[torch.Tensor], torch.Tensor], dist, batch: int, method: str,
-                  check: FaceCheck) -> tuple[list[CharacterEntry], list[tuple[str, str]]] | None:
-    """Inverts k references per character on every rank and averages them on the main process.
+                  check: FaceCheck) -> Callable[[], tuple[list[CharacterEntry], list[tuple[str, str]]]] | None:
+    """Inverts k references per character on every rank; the main process averages them.
 
-    Returns (entries, refused files) on the main process, None elsewhere. The mean
-    runs over references in their sampled order, so it is the same for any world size.
+    Returns, on the main process, a function giving (entries, refused files) (it raises
+    ValueError for a character without a readable reference: the caller decides how
+    the other ranks learn of it); None elsewhere. The mean runs over references in
+    their sampled order, so it is the same for any world size.
     """
     jobs: list[tuple[str, Path]] = []
     for name, files in sorted(chars.items()):
@@ -117,16 +119,19 @@ def build_entries(chars: dict[str, list[Path]], k: int, seed: int, size: int,
     parts = dist.gather_to_main((mine, refused))
     if parts is None:
         return None
-    latents = dict(sorted(x for p in parts for x in p[0]))
-    refused = [r for p in parts for r in p[1]]
-    entries = []
-    for name in sorted(chars):
-        idx = [i for i, (c, _) in enumerate(jobs) if c == name and i in latents]
-        if not idx:
-            raise ValueError(f"character {name!r}: none of its reference images could be read")
-        lat = average_latent(torch.from_numpy(np.stack([latents[i] for i in idx])))
-        entries.append(CharacterEntry(name, lat, [str(jobs[i][1]) for i in idx], k, method))
-    return entries, refused
+
+    def average() -> tuple[list[CharacterEntry], list[tuple[str, str]]]:
+        latents = dict(sorted(x for p in parts for x in p[0]))
+        entries = []
+        for name in sorted(chars):
+            idx = [i for i, (c, _) in enumerate(jobs) if c == name and i in latents]
+            if not idx:
+                raise ValueError(f"character {name!r}: none of its reference images could be read")
+            lat = average_latent(torch.from_numpy(np.stack([latents[i] for i in idx])))
+            entries.append(CharacterEntry(name, lat, [str(jobs[i][1]) for i in idx], k, method))
+        return entries, [r for p in parts for r in p[1]]
+
+    return average
 
 
 def update_table(table: LookUpTable, entries: list[CharacterEntry], path: Path) -> None:

@@ -195,17 +195,18 @@ def extract(source: Source, detector: torch.nn.Module, dist, batch: int = 64,
         feats.append(_features(detector, images, dist.device).numpy())
         bar.update(dist.world if mine is not None else 1)  # every rank advances at the same pace
     bar.close()
-    local = (np.concatenate(index) if index else np.zeros(0, np.int64),
-             np.concatenate(feats) if feats else None, dict(source.skipped))
-    parts = dist.gather_to_main(local)
+    # Every rank learns the totals, so an empty source is an error on all of them at once.
+    totals = dist.gather_objects((sum(len(i) for i in index), dict(source.skipped)))
     skipped = Counter()
-    for p in parts or []:
-        skipped.update(p[2])
-    source.skipped = skipped if dist.is_main else source.skipped
+    for _, sk in totals:
+        skipped.update(sk)
+    source.skipped = skipped
+    if sum(n for n, _ in totals) == 0:
+        raise ValueError(f"{desc}: no readable image (skipped: {dict(skipped)})")
+    parts = dist.gather_to_main((np.concatenate(index) if index else np.zeros(0, np.int64),
+                                 np.concatenate(feats) if feats else None))
     if parts is None:
         return None
     parts = [p for p in parts if p[1] is not None]
-    if not parts:
-        raise ValueError(f"{desc}: no readable image (skipped: {dict(skipped)})")
     order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
     return np.concatenate([p[1] for p in parts])[order]

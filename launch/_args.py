@@ -42,3 +42,24 @@ def inversion_device(args: argparse.Namespace):
         print("error: --iters and --batch must be >= 1", file=sys.stderr)
         return None
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run_on_every_rank(run, args: argparse.Namespace, errors: tuple[type[BaseException], ...]):
+    """(dist, result) of ``run(args, dist)`` on every process; (dist, None) after a user error.
+
+    Errors are exchanged before anyone goes on, so no rank waits in a collective for
+    a peer that gave up; the main process prints the first one.
+    """
+    import sys
+
+    from trainer.distributed import Dist
+
+    dist = Dist()
+    try:
+        result, error = run(args, dist), None
+    except errors as e:
+        result, error = None, f"{type(e).__name__}: {e}"
+    found = [e for e in dist.gather_objects(error) if e]
+    if found and dist.is_main:
+        print(f"error: {found[0]}", file=sys.stderr)
+    return dist, (None if found else result)

@@ -130,11 +130,19 @@ def character_latent(args, dist, G, enc_t, size: int, check, out: Path):
         raise KeyError(f"unknown character {name!r}; known: {', '.join(known) or '(none)'}")
     built = build_entries({name: files}, args.k, args.seed, size, _inverter(args, enc_t, G), dist,
                           args.batch, args.invert, check)
-    if dist.is_main:
-        table.meta.update({"k": args.k, "seed": args.seed, "method": args.invert})
-        update_table(table, built[0], path)
-    entry, refused = dist.broadcast_object((built[0][0], built[1]) if dist.is_main else None)
-    return entry, refused
+    answer = None
+    if dist.is_main:  # only the main process holds the averages: its errors travel to every rank
+        try:
+            entries, refused = built()
+            table.meta.update({"k": args.k, "seed": args.seed, "method": args.invert})
+            update_table(table, entries, path)
+            answer = (entries[0], refused)
+        except ValueError as e:
+            answer = str(e)
+    answer = dist.broadcast_object(answer)
+    if isinstance(answer, str):
+        raise ValueError(answer)
+    return answer
 
 
 def _data_names(args) -> list[str]:
@@ -143,8 +151,11 @@ def _data_names(args) -> list[str]:
     return list(character_folders(args.target_data)) if args.target_data else []
 
 
-def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) -> tuple[list, list]:
-    """Writes every method's output for this rank's photos; returns (identity rows, refused files)."""
+def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) -> tuple[int, list, dict | None]:
+    """Writes every method's output for this rank's photos.
+
+    Returns (photos done, refused files, mean identity similarity per method or None).
+    """
     import torch
     from tqdm import tqdm
 
@@ -161,9 +172,10 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
                        size, check).images
     refs = list(shown) if shown is not None else []
     w_char = entry.latent[None].to(dist.device)
-    rows, refused = [], []
-    batches = my_batches(len(files), args.batch, dist.rank, dist.world)
-    for index in tqdm(batches, desc="cartoonize", unit="batch", disable=not dist.is_main):
+    ident = Identity(args, dist.device)
+    done, refused = 0, []
+    for index in tqdm(my_batches(len(files), args.batch, dist.rank, dist.world), desc="cartoonize", unit="batch",
+                      disable=not dist.is_main):
         b = read_batch(files, index, size, check)
         refused += b.refused
         if b.images is None:
@@ -173,37 +185,48 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
             last = enc_s.invert(x, args.iters)[-1]
             outs = {"cdsm": cartoonize(G, last.latent, w_char, cfg), "toonify": toonify(G, last.latent, cfg),
                     "wplus": wplus_mix(G, last.latent, w_char, cfg)}
+            ident.add(x, outs)
         for j, i in enumerate(b.index):
             stem = files[i].stem
             for method, imgs in outs.items():
                 save_png(to_uint8(imgs[j:j + 1].cpu())[0], out / method / f"{stem}.png")
             cells = [b.images[j], last.image[j].cpu()] + [outs[m][j].cpu() for m in METHODS] + refs
             save_png(to_uint8(sheet_row(cells, size)[None])[0], out / "sheets" / f"{stem}.png")
-            rows.append((i, stem, {m: outs[m][j].cpu() for m in METHODS}, b.images[j]))
-    return rows, refused
+        done += len(b.index)
+    return done, refused, ident.means(dist)
 
 
-def identity_scores(args, dist, rows: list) -> dict[str, float] | None:
-    """Mean ArcFace cosine similarity between each photo and each method's output (None without weights)."""
-    import torch
-    import torch.nn.functional as F
+class Identity:
+    """Running sums of the ArcFace cosine similarity between photos and each method's output."""
 
-    from trainer.networks.face_id import FaceID
+    def __init__(self, args, device):
+        import torch
 
-    if not args.arcface:
-        return None
-    net = FaceID.from_file(args.arcface, not args.no_check_hash).to(dist.device)
-    sums = torch.zeros(len(METHODS) + 1, dtype=torch.float64, device=dist.device)
-    with torch.no_grad():
-        for _, _, outs, photo in rows:
-            up = lambda t: F.interpolate(t[None].to(dist.device), size=(256, 256), mode="bilinear",  # noqa: E731
-                                         align_corners=False)
-            e_photo = F.normalize(net(up(photo)), dim=1)
-            for k, m in enumerate(METHODS):
-                sums[k] += (e_photo * F.normalize(net(up(outs[m])), dim=1)).sum()
-            sums[-1] += 1
-    dist.all_reduce_sum(sums)
-    return {m: float(sums[k] / sums[-1]) for k, m in enumerate(METHODS)} if sums[-1] > 0 else None
+        from trainer.networks.face_id import FaceID
+
+        self.net = FaceID.from_file(args.arcface, not args.no_check_hash).to(device) if args.arcface else None
+        self.sums = torch.zeros(len(METHODS) + 1, dtype=torch.float64, device=device)
+
+    def _embed(self, x):
+        import torch.nn.functional as F
+
+        x = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)  # the face crop's frame
+        return F.normalize(self.net(x), dim=1)
+
+    def add(self, photos, outs: dict) -> None:
+        if self.net is None:
+            return
+        e = self._embed(photos)
+        for k, m in enumerate(METHODS):
+            self.sums[k] += (e * self._embed(outs[m])).sum()
+        self.sums[-1] += len(photos)
+
+    def means(self, dist) -> dict[str, float] | None:
+        if self.net is None:
+            return None
+        dist.all_reduce_sum(self.sums)
+        n = float(self.sums[-1])
+        return {m: float(self.sums[k]) / n for k, m in enumerate(METHODS)} if n else None
 
 
 def style_metrics(args, dist, out: Path, ref_files: list[Path] | None) -> dict[str, dict]:
@@ -216,13 +239,11 @@ def style_metrics(args, dist, out: Path, ref_files: list[Path] | None) -> dict[s
         return {}
     detector, sha = load_detector(args, dist.device)
     cfg = MetricConfig(args.preprocess, args.ddof, args.batch, args.kid)
-    real = measure(FolderSource(str(ref_files[0].parent), files=ref_files), detector, dist, cfg, sha, None, desc="references")
-    result = {}
-    for m in METHODS:
-        fake = measure(FolderSource(str(out / m)), detector, dist, cfg, sha, None, desc=m)
-        if dist.is_main:
-            result[m] = compare(real, fake, cfg)
-    return result
+    real = measure(FolderSource(str(ref_files[0].parent), files=ref_files), detector, dist, cfg, sha, None,
+                   desc="references")
+    fakes = {m: measure(FolderSource(str(out / m)), detector, dist, cfg, sha, None, desc=m) for m in METHODS}
+    # Compared after every collective: an error here (too few images for KID) cannot strand a rank.
+    return {m: compare(real, fake, cfg) for m, fake in fakes.items()} if dist.is_main else {}
 
 
 def run(args: argparse.Namespace, dist) -> dict:
@@ -234,12 +255,11 @@ def run(args: argparse.Namespace, dist) -> dict:
     enc_s, enc_t, G = _networks(args, dist.device)
     size = enc_s.size
     entry, refused_refs = character_latent(args, dist, G, enc_t, size, check, out)
-    rows, refused = cartoonize_photos(args, dist, enc_s, G, entry, size, check, out)
+    done, refused, ids = cartoonize_photos(args, dist, enc_s, G, entry, size, check, out)
     dist.barrier()  # every rank's PNGs are on disk before anyone measures the folders
-    ids = identity_scores(args, dist, rows)
     _, ref_files = character_images(args)
     metrics = style_metrics(args, dist, out, ref_files or [Path(p) for p in entry.images])
-    counts = dist.gather_objects((len(rows), refused))
+    counts = dist.gather_objects((done, refused))
     if not dist.is_main:
         return {}
     report = {"character": entry.name, "references": len(entry.images), "k": entry.k, "method": entry.method,
@@ -254,18 +274,11 @@ def run(args: argparse.Namespace, dist) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.distributed import Dist
+    from launch._args import run_on_every_rank
     from trainer.model_io import CheckpointError
 
-    dist = Dist()
-    try:
-        report, error = run(args, dist), None
-    except (FileNotFoundError, ValueError, KeyError, CheckpointError) as e:
-        report, error = {}, f"{type(e).__name__}: {e}"
-    errors = [e for e in dist.gather_objects(error) if e]
-    if errors:
-        if dist.is_main:
-            print(f"error: {errors[0]}", file=sys.stderr)
+    dist, report = run_on_every_rank(run, args, (FileNotFoundError, ValueError, KeyError, CheckpointError))
+    if report is None:
         return 2
     if dist.is_main:
         for f, why in report["refused"]:

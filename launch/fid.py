@@ -173,20 +173,11 @@ def report(result: dict, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.distributed import Dist
+    from launch._args import run_on_every_rank
     from trainer.model_io import CheckpointError
 
-    dist = Dist()
-    try:
-        result = run(args, dist)
-        error = None
-    except (*USER_ERRORS, CheckpointError) as e:
-        result, error = {}, f"{type(e).__name__}: {e}"
-    # Every rank learns of any rank's error, so none waits in a collective for a dead peer.
-    errors = [e for e in dist.gather_objects(error) if e]
-    if errors:
-        if dist.is_main:
-            print(f"error: {errors[0]}", file=sys.stderr)
+    dist, result = run_on_every_rank(run, args, (*USER_ERRORS, CheckpointError))
+    if result is None:
         return 2
     if dist.is_main:
         report(result, args)

@@ -155,10 +155,3 @@ def test_unknown_character_and_a_table_of_another_generator_are_refused(files, t
     assert run(args(files, out, "--character", "villain", "--swap-res", "16"), monkeypatch) == 2
     assert "built for another generator" in capsys.readouterr().err
 
-
-def test_help_lists_every_option(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    text = capsys.readouterr().out
-    for action in cli.build_parser()._actions:
-        assert all(opt in text for opt in action.option_strings)
