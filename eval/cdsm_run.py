@@ -92,7 +92,6 @@ def my_batches(n: int, batch: int, rank: int, world: int) -> list[list[int]]:
     return [list(range(b * batch, min((b + 1) * batch, n))) for b in range(rank, -(-n // batch), world)]
 
 
-@torch.no_grad()
 def build_entries(chars: dict[str, list[Path]], k: int, seed: int, size: int,
                   invert: Callable[[torch.Tensor], torch.Tensor], dist, batch: int, method: str,
                   check: FaceCheck) -> Callable[[], tuple[list[CharacterEntry], list[tuple[str, str]]]] | None:
@@ -114,7 +113,7 @@ def build_entries(chars: dict[str, list[Path]], k: int, seed: int, size: int,
         b = read_batch(files, index, size, check)
         refused += b.refused
         if b.images is not None:
-            w = invert(b.images.to(dist.device)).float().cpu().numpy()
+            w = invert(b.images.to(dist.device)).detach().float().cpu().numpy()  # projection needs grad
             mine += list(zip(b.index, w))
     parts = dist.gather_to_main((mine, refused))
     if parts is None:

@@ -87,10 +87,12 @@ def _networks(args: argparse.Namespace, device):
 
 def _inverter(args: argparse.Namespace, enc_t, G):
     """images [N, 3, S, S] -> W+ for the character table."""
+    import torch
+
     from eval.projection import ProjectionConfig, project
 
     if args.invert == "encoder":
-        return lambda x: enc_t.invert(x, args.iters)[-1].latent
+        return torch.no_grad()(lambda x: enc_t.invert(x, args.iters)[-1].latent)
     lpips = None
     if args.lpips_backbone or args.lpips_lin:
         from trainer.networks.lpips import LPIPS

@@ -155,3 +155,18 @@ def test_unknown_character_and_a_table_of_another_generator_are_refused(files, t
     assert run(args(files, out, "--character", "villain", "--swap-res", "16"), monkeypatch) == 2
     assert "built for another generator" in capsys.readouterr().err
 
+
+
+def test_projection_builds_the_table_without_a_target_encoder(files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = args(files, out, "--character", "villain", "--invert", "projection", "--projection-steps", "3")
+    argv[argv.index("--encoder-target"):argv.index("--encoder-target") + 2] = []
+    assert run(argv, monkeypatch) == 0
+    assert "L2 only" in capsys.readouterr().err  # no LPIPS weights were given
+    entry = LookUpTable.load(out / "lut.pt").get("villain")
+    assert entry.method == "projection" and len(entry.images) == 4
+    # The encoder path needs the target encoder.
+    argv = args(files, tmp_path / "o2", "--character", "villain")
+    argv[argv.index("--encoder-target"):argv.index("--encoder-target") + 2] = []
+    assert run(argv, monkeypatch) == 2
+    assert "--encoder-target" in capsys.readouterr().err

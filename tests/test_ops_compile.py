@@ -20,7 +20,8 @@ import torch
 from ops import _build, bias_act, upfirdn2d
 
 NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+# Two nvcc builds for sm_80 and sm_90 take two minutes on 2 cores: `make test-all` runs them.
+pytestmark = [pytest.mark.skipif(NVCC is None, reason="nvcc is not installed"), pytest.mark.slow]
 ARCHS = ("80", "90")
 OPS = {"upfirdn2d": upfirdn2d._SOURCES, "bias_act": bias_act._SOURCES}
 

@@ -214,6 +214,7 @@ def test_freeze_d_beyond_the_discriminator_is_a_config_error(shards, tmp_path, m
     assert "freeze.d: FreezeD 99 exceeds" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # about a minute on 2 cores; the feature and resume tests cover the loop in `make test`
 def test_a_few_hundred_steps_close_the_gap_to_the_data(tmp_path, monkeypatch):
     """A real learning signal at 16 px: G_ema's pixel statistics approach the data's, and
     D's advantage (mean score on reals minus on fakes) falls from its peak."""
