@@ -10,7 +10,7 @@ from --g-target); the character's latent from the look-up table (--lut, built
 and saved when missing: --k references per character sampled with --seed,
 inverted by the target encoder or by projection into G_swap, averaged in W+,
 all ranks in parallel); each photo inverted by the source encoder; styles
-mixed in StyleSpace (conv styles of W+ index < --m from the photo, the rest
+mixed in StyleSpace (conv styles of W+ index < --mix-index (m) from the photo, the rest
 and every tRGB style from the character) and decoded with fixed noise.
 
 Writes to --out: cdsm/, toonify/, wplus/ (one PNG per photo and method),
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--projection-steps", type=int, default=1000, help="projection steps per reference batch")
     p.add_argument("--iters", type=int, default=5, help="encoder refinement passes (ReStyle: 5)")
     p.add_argument("--swap-res", type=int, default=32, help="G_swap takes the target's layers from here up")
-    p.add_argument("--m", type=int, default=6, help="conv styles of W+ index < m come from the photo")
+    p.add_argument("--mix-index", type=int, default=6,
+                   help="m: conv styles of W+ index < m come from the photo (CDSM: 6)")
     p.add_argument("--no-trgb-replace", action="store_true",
                    help="tRGB styles follow the W+ index rule instead of all coming from the character")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise maps")
@@ -165,7 +166,7 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
     from eval.cdsm_run import image_files, my_batches, read_batch, sheet_row
     from trainer.imageio import save_png, to_uint8
 
-    cfg = MixConfig(args.m, not args.no_trgb_replace, args.swap_res, args.noise_seed)
+    cfg = MixConfig(args.mix_index, not args.no_trgb_replace, args.swap_res, args.noise_seed)
     cfg.check(G)
     files = image_files(args.photos)
     if not files:
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace, dist) -> dict:
         return {}
     report = {"character": entry.name, "references": len(entry.images), "k": entry.k, "method": entry.method,
               "photos": sum(c[0] for c in counts), "refused": [r for c in counts for r in c[1]] + refused_refs,
-              "settings": {"m": args.m, "trgb_replace": not args.no_trgb_replace, "swap_res": args.swap_res,
+              "settings": {"m": args.mix_index, "trgb_replace": not args.no_trgb_replace, "swap_res": args.swap_res,
                            "noise_seed": args.noise_seed, "iters": args.iters},
               "metrics": {m: {**metrics.get(m, {}), **({"id_similarity": ids[m]} if ids else {})}
                           for m in METHODS}}

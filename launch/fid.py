@@ -3,7 +3,7 @@
     accelerate launch -m launch.fid --real shards/webtoon --fake runs/00003-gan/network-final.pt \\
         --detector pretrained_models/inception-2015-12-05.pt --protocol fid50k_full --kid
 
-    python -m launch.fid --real shards/ffhq --fake cartoons/ --protocol custom --num 1000
+    python -m launch.fid --real shards/ffhq --fake cartoons/ --protocol custom --num-gen 1000
 
 ``--real`` and ``--fake`` each take a shard folder (evaluation mode: every
 sample once), an image folder, or an ``.npz`` with ``mu``/``sigma`` (ours,
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", required=True, help="real images: shard folder, image folder or stats .npz")
     p.add_argument("--fake", required=True, help="generator checkpoint, shard folder, image folder or stats .npz")
     p.add_argument("--protocol", default="fid50k_full", choices=["fid50k_full", "fid10k", "custom"],
-                   help="fid50k_full: all real vs 50k generated; fid10k: 10k vs 10k; custom: --num/--max-real")
-    p.add_argument("--num", type=int, default=None, help="custom: generated images (or images used from --fake)")
+                   help="fid50k_full: all real vs 50k generated; fid10k: 10k vs 10k; custom: --num-gen/--max-real")
+    p.add_argument("--num-gen", type=int, default=None, help="custom: generated images (or images used from --fake)")
     p.add_argument("--max-real", type=int, default=None, help="custom: use at most this many real images")
     add_detector_args(p)
     p.add_argument("--kid", action="store_true", help="also compute KID (mean and std over subsets)")
@@ -120,9 +120,9 @@ def counts(args: argparse.Namespace) -> tuple[int | None, int | None]:
     from eval.fid import PROTOCOLS
 
     if args.protocol == "custom":
-        if args.num is None or args.num < 2:
-            raise ValueError("--protocol custom needs --num N (N >= 2)")
-        return args.num, args.max_real
+        if args.num_gen is None or args.num_gen < 2:
+            raise ValueError("--protocol custom needs --num-gen N (N >= 2)")
+        return args.num_gen, args.max_real
     return PROTOCOLS[args.protocol]
 
 

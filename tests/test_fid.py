@@ -59,7 +59,7 @@ def run(argv: list[str], monkeypatch) -> int:
 
 
 def base_args(files: dict, tmp: Path) -> list[str]:
-    return ["--real", files["shards"], "--fake", files["g"], "--protocol", "custom", "--num", "2", "--max-real", "2",
+    return ["--real", files["shards"], "--fake", files["g"], "--protocol", "custom", "--num-gen", "2", "--max-real", "2",
             "--batch", "2",
             "--detector", files["detector"], "--cache-dir", str(tmp / "cache")]
 
@@ -168,7 +168,7 @@ def test_cache_reuse_kid_tensorboard_and_json(files, tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("change, message", [
     (["--detector", "/nonexistent/inception-2015-12-05.pt"], "inception-2015-12-05"),
     (["--fake", "/nonexistent/g.pt"], "no such file"),
-    (["--num", "1"], "--num"),
+    (["--num-gen", "1"], "--num-gen"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(change, message, files, tmp_path, monkeypatch, capsys):
     argv = base_args(files, tmp_path)
