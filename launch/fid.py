@@ -98,7 +98,6 @@ def open_source(spec: str, limit: int | None, args: argparse.Namespace, device, 
     """A Source for ``spec`` (None for an .npz, which the caller reads as statistics)."""
     from eval.features import FolderSource, GeneratorSource, ShardSource
     from trainer.model_io import load_checkpoint
-    from trainer.networks.weights import sha256
 
     p = Path(spec)
     if spec.endswith(".npz"):
@@ -111,7 +110,8 @@ def open_source(spec: str, limit: int | None, args: argparse.Namespace, device, 
         if generated is None:
             raise ValueError(f"{spec}: a generator needs a number of images (--protocol or --num)")
         G = load_checkpoint(spec).generator().to(device).eval()
-        return GeneratorSource(G, generated, args.seed, args.truncation, args.noise_mode, name=sha256(spec))
+        return GeneratorSource(G, generated, args.seed, args.truncation, args.noise_mode,
+                               name=str(p.resolve()))  # generated sides are never cached: no need to hash the file
     raise FileNotFoundError(f"{spec}: no such file or folder")
 
 
