@@ -175,6 +175,9 @@ class InceptionV3(nn.Module):
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
         self.fc = nn.Linear(FEATURES, CLASSES)
+        self.unit_rms = False
+        """Scale each image's features to unit RMS (the untrained stand-in only; never with the
+        public weights, whose raw features define FID)."""
 
     def forward(self, x: torch.Tensor, return_logits: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +188,8 @@ class InceptionV3(nn.Module):
         for name, _ in _BLOCKS:
             x = getattr(self, name)(x)
         features = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if self.unit_rms:
+            features = F.normalize(features, dim=1) * FEATURES ** 0.5
         return (features, self.fc(features)) if return_logits else features
 
 
@@ -430,3 +435,49 @@ def load_inception(path: str | Path | None, check_hash: bool = True,
                                f"nor NVIDIA's (layers.conv.weight, ...); first keys: {list(flat)[:5]}")
     load_into(net, sd, "the FID Inception-v3", path)
     return net.eval(), {"format": fmt, "sha256": digest, "path": str(path)}
+
+
+UNTRAINED = "untrained"
+CALIBRATION_SIDES = (4, 8, 16, 32, 64, 128, 299, 299)
+
+
+def untrained_inception(seed: int = 0) -> tuple[InceptionV3, dict]:
+    """The same architecture with seeded random weights: a stand-in detector when the
+    public file is not at hand (random-embedding FID, as in Naeem et al. 2020).
+
+    Its FIDs compare images measured with the same seed and PyTorch version only; they
+    are not comparable with any published FID. The batch-norm statistics come from one
+    seeded batch of image-like noise, which keeps activations at unit scale through the 94
+    random layers (the default statistics let them fade to nothing). Each image's features
+    are scaled to unit RMS: raw, their scale swings by orders of magnitude with the input's
+    smoothness, and KID's kernel (x.y/d + 1)^3 needs x.y/d near 1 to mean anything.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = InceptionV3()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: the statistics of exactly this batch
+    net.train()
+    # Image-like input: uniform noise drawn at sides from 4 to 299 px and resized to 299,
+    # so that smooth (upsampled) images and fine texture both meet calibrated statistics.
+    batch = torch.cat([F.interpolate(torch.rand(1, 3, side, side, generator=gen) * 2 - 1, size=(299, 299),
+                                     mode="bilinear", align_corners=False) for side in CALIBRATION_SIDES])
+    with torch.no_grad():
+        net(batch)
+    net.eval().unit_rms = True
+    # The name stands in for a file hash in cache keys: random init depends on the torch version.
+    name = f"{UNTRAINED}-seed{seed}-torch{torch.__version__}"
+    return net, {"format": UNTRAINED, "sha256": name, "path": f"{UNTRAINED}:{seed}"}
+
+
+def parse_untrained(spec: str | None) -> int | None:
+    """The seed of a detector spec "untrained" or "untrained:SEED"; None for a file path."""
+    if spec is None or not (spec == UNTRAINED or spec.startswith(UNTRAINED + ":")):
+        return None
+    tail = spec[len(UNTRAINED) + 1:]
+    try:
+        return int(tail) if tail else 0
+    except ValueError:
+        raise WeightsError(f"--detector {spec}: expected 'untrained' or 'untrained:<integer seed>'") from None

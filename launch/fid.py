@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_detector_args(p: argparse.ArgumentParser) -> None:
     """The detector options every FID-computing command shares."""
-    p.add_argument("--detector", default=None, help="pt_inception-2015-12-05-6726825d.pth or inception-2015-12-05.pt")
+    p.add_argument("--detector", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth or inception-2015-12-05.pt; or 'untrained[:SEED]': "
+                        "random seeded weights, for comparisons within one run only (never with published FIDs)")
     p.add_argument("--weights-dir", default=os.environ.get("TOONMIX_WEIGHTS"),
                    help="folder holding the detector under its public name (default $TOONMIX_WEIGHTS)")
     p.add_argument("--detector-sha256", default=None, help="expected SHA-256 (or a prefix) of the detector file")
@@ -87,10 +89,14 @@ def detector_path(args: argparse.Namespace) -> str | None:
 def load_detector(args: argparse.Namespace, device):
     """(FIDDetector on ``device``, its SHA-256) from the command-line options."""
     from eval.fid_preprocess import FIDDetector
-    from eval.inception import load_inception
+    from eval.inception import load_inception, parse_untrained, untrained_inception
 
-    net, info = load_inception(detector_path(args), check_hash=not args.no_check_hash,
-                               expected_sha256=args.detector_sha256)
+    path = detector_path(args)
+    seed = parse_untrained(path)
+    if seed is not None:
+        net, info = untrained_inception(seed)
+    else:
+        net, info = load_inception(path, check_hash=not args.no_check_hash, expected_sha256=args.detector_sha256)
     return FIDDetector(net, args.preprocess).to(device).eval(), info["sha256"]
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval.fid_preprocess import MODES, FIDDetector, preprocess, quantize
-from eval.inception import InceptionV3, load_inception, read_torchscript_tensors
+from eval.inception import InceptionV3, load_inception, parse_untrained, read_torchscript_tensors, untrained_inception
 from trainer.networks.weights import PUBLIC, WeightsError
 
 
@@ -437,3 +437,40 @@ def test_fid_detector_runs_in_float32_without_tf32_and_restores_the_flags(ref):
     det = FIDDetector(ref["net"], "tf").train()
     assert not det.network.training
     torch.testing.assert_close(det(ref["images"]), ref["features"], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------
+# The untrained stand-in detector.
+
+def test_untrained_detector_is_seeded_and_named_as_untrained():
+    (a, info), (b, _), (c, _) = untrained_inception(0), untrained_inception(0), untrained_inception(1)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.unit_rms and b.unit_rms
+    assert not torch.equal(sa["Conv2d_1a_3x3.conv.weight"], sc["Conv2d_1a_3x3.conv.weight"])
+    assert info["sha256"].startswith("untrained-seed0-torch") and info["format"] == "untrained"
+    assert not a.training
+
+
+def test_untrained_features_have_unit_rms_and_separate_distributions():
+    net, _ = untrained_inception(0)
+    det = FIDDetector(net, "tf").eval()
+    g = torch.Generator().manual_seed(0)
+    noise = lambda n: torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    def smooth(n):  # a different distribution: flat colours
+        return (torch.rand(n, 3, 1, 1, generator=g) * 255).to(torch.uint8).expand(n, 3, 32, 32)
+    with torch.no_grad():
+        a, b, c = det(noise(6)).double(), det(noise(6)).double(), det(smooth(6)).double()
+    assert torch.allclose(a.square().mean(1), torch.ones(6, dtype=torch.float64), atol=1e-4)  # unit RMS per image
+    assert float(a.std(0).mean()) > 1e-3  # not collapsed: images map to different features
+    same, other = float((a.mean(0) - b.mean(0)).norm()), float((a.mean(0) - c.mean(0)).norm())
+    assert other > 3 * same, (same, other)
+
+
+@pytest.mark.parametrize("spec, seed", [("untrained", 0), ("untrained:7", 7), ("weights/x.pth", None), (None, None)])
+def test_untrained_spec_parsing(spec, seed):
+    assert parse_untrained(spec) == seed
+
+
+def test_untrained_spec_with_a_bad_seed_is_refused():
+    with pytest.raises(WeightsError, match="untrained:<integer seed>"):
+        parse_untrained("untrained:abc")
