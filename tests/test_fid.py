@@ -165,6 +165,16 @@ def test_cache_reuse_kid_tensorboard_and_json(files, tmp_path, monkeypatch, caps
     assert res["real_from"] == "npz" and res["fid"] == pytest.approx(first["fid"], rel=1e-12)
 
 
+def test_untrained_detector_runs_and_says_so(files, tmp_path, monkeypatch, capsys):
+    argv = base_args(files, tmp_path)
+    argv[argv.index("--detector") + 1] = "untrained:3"
+    assert run(argv, monkeypatch) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["detector_sha256"].startswith("untrained-seed3-torch") and np.isfinite(res["fid"])
+    cached = list((tmp_path / "cache").glob("shards-*.npz"))
+    assert len(cached) == 1 and "untrained-seed3" in str(np.load(cached[0])["detector_sha256"])
+
+
 @pytest.mark.parametrize("change, message", [
     (["--detector", "/nonexistent/inception-2015-12-05.pt"], "inception-2015-12-05"),
     (["--fake", "/nonexistent/g.pt"], "no such file"),
