@@ -1,6 +1,6 @@
-# `make test` does all set-up on a fresh machine (creates .venv, installs the
-# pinned requirements) and runs the fast test suite; later runs reuse .venv and
-# reinstall only when a requirements file changed.
+# `make demo` and `make test` do all set-up on a fresh machine (create .venv, install the
+# pinned requirements) before running the demo or the fast test suite; later runs reuse
+# .venv and reinstall only when a requirements file changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all bench clean
+.PHONY: setup demo test test-all bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt requirements-build.txt | $(PY)
 	@echo "[setup] installing runtime and test requirements"
 	$(PIP) --no-build-isolation -r requirements.txt
 	touch $(STAMP)
+
+# The whole pipeline at demo scale into runs/demo (python -m launch.demo --help): a second
+# run skips finished stages and resumes an interrupted one. DEMO_ARGS passes options.
+demo: $(STAMP)
+	$(PY) -m launch.demo --out runs/demo $(DEMO_ARGS)
 
 # Fast suite: everything not marked slow (CUDA tests skip themselves without a GPU).
 test: $(STAMP)

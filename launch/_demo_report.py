@@ -1,0 +1,178 @@
+"""The demo's report: report.md with its image sheets, and metrics.json, from a demo run folder.
+
+Reads what the stages wrote (metrics/*.json, cartoons/<character>/report.json,
+the GAN and encoder run folders' latest image grids) and never recomputes a
+number. A missing piece is named in the report instead of failing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ZOOM = 3  # 32 px images are shown three times larger (nearest neighbour: no invented detail)
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _latest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern))
+    return found[-1] if found else None
+
+
+def _save(img: Image.Image, path: Path, zoom: int = ZOOM) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = img.convert("RGB")
+    img.resize((img.width * zoom, img.height * zoom), Image.NEAREST).save(path)
+    return path.name
+
+
+def _tile(files: list[Path], cols: int, size: int) -> Image.Image:
+    rows = (len(files) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * size, rows * size), "white")
+    for i, f in enumerate(files):
+        with Image.open(f) as im:
+            sheet.paste(im.convert("RGB").resize((size, size), Image.BICUBIC), ((i % cols) * size, (i // cols) * size))
+    return sheet
+
+
+def _stack(files: list[Path]) -> Image.Image:
+    """Sheet rows (one per photo) stacked top to bottom."""
+    rows = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return Image.fromarray(np.concatenate(rows))
+
+
+def make_sheets(out: Path) -> dict[str, str]:
+    """Writes <out>/sheets/*.png; returns {what: file name} for those that could be made."""
+    sheets, folder = {}, out / "sheets"
+    photos = sorted((out / "data" / "photos" / "train").glob("*.png"))[:8]
+    chars = [f for c in sorted((out / "data" / "characters").glob("*")) for f in sorted(c.glob("*.png"))[:2]][:8]
+    if photos and chars:
+        sheets["data"] = _save(_tile(photos + chars, 8, 32), folder / "data.png")
+    for run, pattern in (("gan_source", "fakes-tick*.png"), ("gan_target", "fakes-tick*.png"),
+                         ("encoder_source", "reconstructions-tick*.png"),
+                         ("encoder_target", "reconstructions-tick*.png")):
+        grid = _latest(out / run, pattern)
+        if grid is not None:
+            with Image.open(grid) as im:
+                sheets[run] = _save(im, folder / f"{run}.png")
+    for char in sorted((out / "cartoons").glob("*")):
+        rows = sorted((char / "sheets").glob("*.png"))[:6]
+        if rows:
+            sheets[f"cartoons/{char.name}"] = _save(_stack(rows), folder / f"cartoons_{char.name}.png")
+    return sheets
+
+
+def collect(out: Path, records: dict[str, dict], detector: str) -> dict:
+    """metrics.json's content: every stage's time and every number the stages measured."""
+    m = {"detector": detector, "detector_is_public_inception": detector != "untrained",
+         "stage_seconds": {k: v.get("seconds") for k, v in records.items()},
+         "total_seconds": round(sum(v.get("seconds") or 0 for v in records.values()), 1)}
+    for name in ("gan_source", "gan_source_vs_characters", "gan_target"):
+        r = _json(out / "metrics" / f"fid_{name}.json")
+        if r:
+            m[f"fid_{name}"] = {k: r.get(k) for k in ("fid", "kid", "kid_std", "n_real", "n_fake")}
+    for name in ("encoder_source", "encoder_target"):
+        r = _json(out / "metrics" / f"{name}.json")
+        if r:
+            m[name] = r
+    cartoons = {}
+    for char in sorted((out / "cartoons").glob("*")):
+        r = _json(char / "report.json")
+        if r:
+            cartoons[char.name] = {"photos": r.get("photos"), "refused": len(r.get("refused", [])),
+                                   "references": r.get("references"), "settings": r.get("settings"),
+                                   "metrics": r.get("metrics")}
+    if cartoons:
+        m["cartoonize"] = cartoons
+    return m
+
+
+def _num(x, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
+def _fid_rows(m: dict) -> list[str]:
+    rows = []
+    for key, what in (("fid_gan_source", "source generator vs photo-like faces"),
+                      ("fid_gan_source_vs_characters", "source generator vs characters (before fine-tuning)"),
+                      ("fid_gan_target", "fine-tuned generator vs characters")):
+        r = m.get(key)
+        if r:
+            rows.append(f"| {what} | {_num(r['fid'])} | {_num(r.get('kid'))} ± {_num(r.get('kid_std'), 2)} "
+                        f"| {r['n_real']} / {r['n_fake']} |")
+    for char, c in (m.get("cartoonize") or {}).items():
+        for method, r in (c.get("metrics") or {}).items():
+            if "fid" in r:
+                rows.append(f"| {method} cartoons of held-out photos vs {char} | {_num(r['fid'])} "
+                            f"| {_num(r.get('kid'))} ± {_num(r.get('kid_std'), 2)} | {r['n_real']} / {r['n_fake']} |")
+    return rows
+
+
+def _encoder_rows(m: dict) -> list[str]:
+    rows = []
+    for name, what in (("encoder_source", "photo encoder, held-out photos"),
+                       ("encoder_target", "character encoder, a training character")):
+        r = m.get(name)
+        if not r:
+            continue
+        for p in r.get("passes", []):
+            rows.append(f"| {what} | {p.get('pass')} | {_num(p.get('l2'))} | {_num(p.get('ms_ssim'))} |")
+    return rows
+
+
+def render(m: dict, sheets: dict[str, str]) -> str:
+    """report.md's text."""
+    lines = ["# toonmix demo report", ""]
+    if m["detector_is_public_inception"]:
+        lines += [f"FID/KID use the TF Inception from `{m['detector']}`.", ""]
+    else:
+        lines += ["**FID/KID here use an untrained Inception** (random weights, seed 0): they compare this",
+                  "run's stages with each other and are not comparable with any published FID. Put",
+                  "`pt_inception-2015-12-05-6726825d.pth` or `inception-2015-12-05.pt` in `weights/` (or",
+                  "`--weights-dir`) and delete `stages/fid.json` and `stages/cartoonize.json` to measure the standard one.",
+                  ""]
+    lines += ["## Stages", "", "| stage | seconds |", "| --- | --- |"]
+    lines += [f"| {k} | {_num(v, 4)} |" for k, v in m["stage_seconds"].items()]
+    lines += [f"| total | {_num(m['total_seconds'], 4)} |", ""]
+    fid = _fid_rows(m)
+    lines += ["## FID / KID", ""]
+    lines += (["| what | FID | KID | real / generated images |", "| --- | --- | --- | --- |", *fid]
+              if fid else ["(no FID measured yet: the fid and cartoonize stages have not run)"])
+    enc = _encoder_rows(m)
+    lines += ["", "## Encoders (reconstruction per refinement pass)", ""]
+    lines += (["| encoder | pass | L2 | MS-SSIM |", "| --- | --- | --- | --- |", *enc]
+              if enc else ["(no encoder metrics yet)"])
+    captions = {"data": "Demo data: photo-like faces (top) and cartoon characters (bottom), 32 px.",
+                "gan_source": "Source generator (fixed seeds, latest tick).",
+                "gan_target": "Fine-tuned generator, same seeds.",
+                "encoder_source": "Photo encoder: input, then each refinement pass.",
+                "encoder_target": "Character encoder into G_swap: input, then each pass."}
+    lines += ["", "## Images", ""]
+    for key, name in sheets.items():
+        caption = captions.get(key) or (f"Cartoonized as {key.split('/')[1]}: photo, reconstruction, CDSM, "
+                                        "toonify, W+ mixing, then the character's references.")
+        lines += [f"{caption}", "", f"![{key}](sheets/{name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, records: dict[str, dict], detector: str) -> None:
+    """Writes <out>/sheets/, <out>/metrics.json and <out>/report.md (each atomically)."""
+    sheets = make_sheets(out)
+    m = collect(out, records, detector)
+    for name, text in (("metrics.json", json.dumps(m, indent=1, sort_keys=True) + "\n"),
+                       ("report.md", render(m, sheets) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)

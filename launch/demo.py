@@ -1,0 +1,272 @@
+"""Runs the whole pipeline at demo scale on this machine, then writes a report.
+
+    python -m launch.demo --out runs/demo          (what `make demo` runs)
+
+Stages, each the command a cluster user runs (printed before it starts), with
+the small configs launch/configs/demo_*.yaml:
+
+  data            draw photo-like faces and cartoon characters (launch.make_demo_data),
+                  write shards (launch.make_shards)
+  gan_source      train a 32 px source generator on the photo-like faces
+  gan_target      fine-tune it to the characters with ADA and FreezeSG
+  encoder_source  ReStyle encoder: photos -> source generator
+  encoder_target  ReStyle encoder: characters -> G_swap
+  eval_encoders   per-pass reconstruction metrics on held-out images (launch.eval_encoder)
+  cartoonize      character look-up table, CDSM and the baselines on held-out photos
+  fid             FID/KID of both generators (launch.fid)
+  report          <out>/report.md, <out>/metrics.json and the sheets they show
+
+A finished stage is recorded in <out>/stages/<name>.json and skipped when the
+demo runs again; an interrupted training stage continues from its latest
+checkpoint (--resume auto), the others start over (make_shards and the FID
+cache keep what they had). To redo a stage, delete its record and its folder.
+
+FID needs the TF Inception file (pt_inception-2015-12-05-6726825d.pth or
+inception-2015-12-05.pt) in --weights-dir. Without it the demo measures with
+an untrained Inception (`--detector untrained`): the numbers then compare the
+demo's stages with each other only, and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = Path("launch") / "configs"  # commands run in the repository root
+
+
+@dataclass
+class Stage:
+    name: str
+    about: str
+    commands: list[list[str]] = field(default_factory=list)
+    """Each command: [module, args...]; run with `accelerate launch -m` when distributed, else `python -m`."""
+    distributed: bool = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="run folder of the demo (every stage writes below it)")
+    p.add_argument("--photos", type=int, default=512, help="photo-like training faces")
+    p.add_argument("--characters", type=int, default=4, help="cartoon characters (64 images each)")
+    p.add_argument("--cartoon-characters", type=int, default=2,
+                   help="characters the held-out photos are cartoonized as")
+    p.add_argument("--k", type=int, default=16, help="references averaged per character in the look-up table")
+    p.add_argument("--fid-images", type=int, default=64,
+                   help="images per side for FID/KID (the untrained Inception runs ~4 img/s on 2 cores)")
+    p.add_argument("--weights-dir", default=os.environ.get("TOONMIX_WEIGHTS", "weights"),
+                   help="folder searched for the FID Inception under its public name (default $TOONMIX_WEIGHTS "
+                        "or weights/)")
+    p.add_argument("--launcher", choices=["accelerate", "python"], default="accelerate",
+                   help="start distributed stages with `accelerate launch` (all GPUs, else one CPU process) "
+                        "or plain `python -m` (one process)")
+    p.add_argument("--only", nargs="+", metavar="STAGE", default=None,
+                   help="run only these stages (their inputs must exist)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demo data")
+    p.add_argument("--kimg-scale", type=float, default=1.0,
+                   help="multiply every training stage's length (run.total_kimg, run.tick_kimg); 0.05 for a smoke run")
+    return p
+
+
+def run_folder(out: str) -> Path:
+    """``out`` as the commands (run in the repository root) see it: relative when below the root."""
+    p = Path(out).resolve()
+    return p.relative_to(ROOT) if p.is_relative_to(ROOT) else p
+
+
+def length(config: str, scale: float) -> list[str]:
+    """Overrides that scale a training config's length (none at scale 1)."""
+    from trainer.config_io import raw_config
+
+    if scale == 1.0:
+        return []
+    run = raw_config(str(ROOT / CONFIGS / config), [])["run"]
+    return [f"run.total_kimg={run['total_kimg'] * scale:g}", f"run.tick_kimg={run['tick_kimg'] * scale:g}"]
+
+
+def detector(weights_dir: str) -> str:
+    """The public Inception file when it is in ``weights_dir``, else the untrained stand-in."""
+    from trainer.networks.weights import PUBLIC
+
+    for key in ("inception_nvidia", "inception_fid"):
+        cand = Path(weights_dir) / PUBLIC[key].filename
+        if cand.is_file():
+            return str(cand)
+    return "untrained"
+
+
+def stages(args: argparse.Namespace) -> list[Stage]:
+    """Every stage's commands, with the run folder's paths filled in."""
+    o = run_folder(args.out)
+    data, shards = o / "data", o / "shards"
+    gs, gt = o / "gan_source" / "network.pt", o / "gan_target" / "network.pt"
+    es, et = o / "encoder_source" / "encoder-restyle.pt", o / "encoder_target" / "encoder-restyle.pt"
+    det = ["--detector", detector(args.weights_dir)]
+    shard = ["--kind", "folder", "--size", "32", "--min-size", "32"]
+    names = [f"character{i}" for i in range(min(args.cartoon_characters, args.characters))]
+    fid = ["--protocol", "custom", "--num-gen", str(args.fid_images), "--max-real", str(args.fid_images),
+           "--kid", "--batch", "16", *det, "--cache-dir", str(o / "fid_cache")]
+    return [
+        Stage("data", "draw the two-domain faces and write shards", [
+            ["launch.make_demo_data", "--out", str(data), "--photos", str(args.photos), "--characters",
+             str(args.characters), "--seed", str(args.seed)],
+            ["launch.make_shards", *shard, "--input", str(data / "photos" / "train"), "--out", str(shards / "photos")],
+            ["launch.make_shards", *shard, "--labels", "subfolder", "--input", str(data / "characters"),
+             "--out", str(shards / "characters")]], distributed=False),
+        Stage("gan_source", "train the source generator on photo-like faces", [
+            ["launch.train_gan", "--config", str(CONFIGS / "demo_source.yaml"), "--resume", "auto",
+             *length("demo_source.yaml", args.kimg_scale),
+             f"run.dir={o / 'gan_source'}", f"loader.data={shards / 'photos'}"]]),
+        Stage("gan_target", "fine-tune it to the characters (ADA, FreezeSG, FreezeD)", [
+            ["launch.train_gan", "--config", str(CONFIGS / "demo_target.yaml"), "--resume", "auto",
+             *length("demo_target.yaml", args.kimg_scale),
+             f"run.dir={o / 'gan_target'}", f"model.init={gs}", f"loader.data={shards / 'characters'}"]]),
+        Stage("encoder_source", "train the photo encoder", [
+            ["launch.train_encoder", "--config", str(CONFIGS / "demo_encoder_source.yaml"), "--resume", "auto",
+             *length("demo_encoder_source.yaml", args.kimg_scale),
+             f"run.dir={o / 'encoder_source'}", f"decoder.source={gs}", f"loader.data={shards / 'photos'}",
+             f"run.val_data={data / 'photos' / 'test'}"]]),
+        Stage("encoder_target", "train the character encoder into G_swap", [
+            ["launch.train_encoder", "--config", str(CONFIGS / "demo_encoder_target.yaml"), "--resume", "auto",
+             *length("demo_encoder_target.yaml", args.kimg_scale),
+             f"run.dir={o / 'encoder_target'}", f"decoder.source={gs}", f"decoder.target={gt}",
+             f"loader.data={shards / 'characters'}"]]),
+        Stage("eval_encoders", "reconstruction metrics per refinement pass", [
+            ["launch.eval_encoder", "--encoder", str(es), "--images", str(data / "photos" / "test"), "--iters", "3", "--no-lpips",
+             "--out", str(o / "metrics" / "encoder_source.json")],
+            ["launch.eval_encoder", "--encoder", str(et), "--images", str(data / "characters" / names[0]),
+             "--iters", "3", "--no-lpips", "--out", str(o / "metrics" / "encoder_target.json")]], distributed=False),
+        Stage("cartoonize", "build the look-up table and cartoonize held-out photos", [
+            ["launch.cartoonize", "--photos", str(data / "photos" / "test"), "--character", name,
+             "--target-data", str(data / "characters"), "--encoder-source", str(es), "--encoder-target", str(et),
+             "--g-source", str(gs), "--g-target", str(gt), "--out", str(o / "cartoons" / name),
+             "--lut", str(o / "lut.pt"), "--k", str(args.k), "--iters", "3", "--swap-res", "16",
+             "--mix-index", "4", "--kid", *det] for name in names]),
+        Stage("fid", "FID/KID of the generators", [
+            ["launch.fid", "--real", str(shards / "photos"), "--fake", str(gs), *fid,
+             "--out", str(o / "metrics" / "fid_gan_source.json"), "--tb", str(o / "gan_source")],
+            ["launch.fid", "--real", str(shards / "characters"), "--fake", str(gs), *fid,
+             "--out", str(o / "metrics" / "fid_gan_source_vs_characters.json")],
+            ["launch.fid", "--real", str(shards / "characters"), "--fake", str(gt), *fid,
+             "--out", str(o / "metrics" / "fid_gan_target.json"), "--tb", str(o / "gan_target")]]),
+        Stage("report", "write report.md and metrics.json", [], distributed=False),
+    ]
+
+
+def launch_prefix(module: str, distributed: bool, launcher: str) -> tuple[list[str], str]:
+    """(argv prefix that runs ``module``, how a user would type it)."""
+    if not distributed or launcher == "python":
+        return [sys.executable, "-m", module], f"python -m {module}"
+    import torch
+
+    acc = [sys.executable, "-m", "accelerate.commands.launch"]
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        n = max(k for k in range(1, gpus + 1) if 8 % k == 0)  # the demo's batches are 8
+        flags = ["--config_file", "accelerate_config.yaml", "--num_processes", str(n)]
+    elif gpus == 1:
+        flags = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        flags = ["--config_file", "launch/accelerate/cpu_test.yaml",
+                 "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
+    return [*acc, *flags, "-m", module], f"accelerate launch {' '.join(flags)} -m {module}"
+
+
+def run_command(argv: list[str], log) -> int:
+    """Runs one command, showing its output live (progress bars included) and appending it to ``log``."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(chunk)
+            log.flush()
+    finally:  # on Ctrl-C the child got the signal too: let it write what it writes on the way out
+        rc = proc.wait()
+    return rc
+
+
+def run_stage(stage: Stage, args: argparse.Namespace, out: Path) -> tuple[float, list[str]]:
+    """Runs the stage's commands in order; returns (seconds, the commands as typed).
+    Raises SystemExit on a failure."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    typed = []
+    with open(logs / f"{stage.name}.log", "ab") as log:
+        for cmd in stage.commands:
+            prefix, shown = launch_prefix(cmd[0], stage.distributed, args.launcher)
+            typed.append(" ".join([shown, *cmd[1:]]))
+            print(f"\n$ {typed[-1]}", flush=True)
+            log.write(f"$ {typed[-1]}\n".encode())
+            rc = run_command([*prefix, *cmd[1:]], log)
+            if rc != 0:
+                raise SystemExit(f"[demo] stage {stage.name} failed (exit {rc}); its output is in "
+                                 f"{logs / stage.name}.log. Fix the cause and run the demo again: finished "
+                                 f"stages are kept.")
+        if stage.name == "report":
+            from launch._demo_report import write_report
+
+            found = records(out)
+            write_report(out, {s.name: found[s.name] for s in stages(args) if s.name in found},
+                         detector(args.weights_dir))
+    return time.time() - t0, typed
+
+
+def records(out: Path) -> dict[str, dict]:
+    """The finished stages' records, by name."""
+    found = {}
+    for f in sorted((out / "stages").glob("*.json")):
+        try:
+            found[f.stem] = json.loads(f.read_text())
+        except ValueError:
+            print(f"[demo] {f} is unreadable; its stage runs again", file=sys.stderr)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.kimg_scale <= 0 or min(args.photos, args.characters, args.cartoon_characters, args.k) < 1 \
+            or args.fid_images < 2:
+        print("error: --kimg-scale must be > 0, counts >= 1 and --fid-images >= 2", file=sys.stderr)
+        return 2
+    out = ROOT / run_folder(args.out)
+    plan = stages(args)
+    known = [s.name for s in plan]
+    unknown = sorted(set(args.only or []) - set(known))
+    if unknown:
+        print(f"error: unknown stage(s) {unknown}; stages: {', '.join(known)}", file=sys.stderr)
+        return 2
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    for i, stage in enumerate(plan, 1):
+        if args.only and stage.name not in args.only:
+            continue
+        record = out / "stages" / f"{stage.name}.json"
+        if record.is_file() and stage.name != "report" and not args.only:
+            print(f"[demo] {i}/{len(plan)} {stage.name}: done earlier ({record}), skipped", flush=True)
+            continue
+        print(f"\n[demo] {i}/{len(plan)} {stage.name}: {stage.about}  ({time.time() - start:.0f} s so far)", flush=True)
+        try:
+            seconds, typed = run_stage(stage, args, out)
+        except KeyboardInterrupt:
+            print(f"\n[demo] interrupted in {stage.name}; run the same command again to resume", file=sys.stderr)
+            return 130
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"stage": stage.name, "seconds": round(seconds, 1), "commands": typed,
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
+        os.replace(tmp, record)  # written only after every command succeeded: a partial stage reruns
+    print(f"\n[demo] done in {time.time() - start:.0f} s: {out / 'report.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

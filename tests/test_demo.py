@@ -1,0 +1,187 @@
+"""The demo: every config validates, every stage command parses, stages resume, the report
+shows what the stages measured, and (slow) the whole pipeline runs end to end."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from launch import demo
+from launch._demo_report import write_report
+from trainer.config_io import load_config
+from trainer.encoder_config import EncoderTrainConfig
+from trainer.gan_config import GANConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "launch" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_file_parses_and_validates(path):
+    raw = yaml.safe_load(path.read_text())
+    encoder = "decoder" in raw or "domain" in raw
+    cfg = load_config(EncoderTrainConfig if encoder else GANConfig, path)
+    assert cfg.run.total_kimg > 0 and cfg.loader.data
+    if path.name == "demo_target.yaml":  # the demo fine-tunes with ADA and FreezeSG, without mixing (CDSM)
+        assert cfg.ada.mode == "ada" and cfg.freeze.style > 0 and cfg.loss.style_mixing == 0
+        assert cfg.needs_source
+
+
+def _args(tmp_path: Path, *extra: str):
+    return demo.build_parser().parse_args(["--out", str(tmp_path / "run"), *extra])
+
+
+def test_every_stage_command_is_accepted_by_its_command(tmp_path):
+    plan = demo.stages(_args(tmp_path))
+    assert [s.name for s in plan] == ["data", "gan_source", "gan_target", "encoder_source", "encoder_target",
+                                      "eval_encoders", "cartoonize", "fid", "report"]
+    for stage in plan:
+        for cmd in stage.commands:
+            mod = importlib.import_module(cmd[0])
+            args = mod.build_parser().parse_args(cmd[1:])  # an unknown or misspelt option exits here
+            if cmd[0] in ("launch.train_gan", "launch.train_encoder"):
+                cls = GANConfig if cmd[0] == "launch.train_gan" else EncoderTrainConfig
+                cfg = load_config(cls, ROOT / args.config, args.overrides)
+                assert str(cfg.run.dir).startswith(str(demo.run_folder(str(tmp_path / "run"))))
+                assert args.resume == "auto"
+
+
+def test_kimg_scale_shortens_every_training_stage(tmp_path):
+    plan = {s.name: s for s in demo.stages(_args(tmp_path, "--kimg-scale", "0.1"))}
+    for name, config in (("gan_source", "demo_source.yaml"), ("encoder_target", "demo_encoder_target.yaml")):
+        full = yaml.safe_load((ROOT / "launch" / "configs" / config).read_text())["run"]["total_kimg"]
+        assert f"run.total_kimg={full * 0.1:g}" in plan[name].commands[0]
+
+
+def test_detector_prefers_the_public_file(tmp_path):
+    assert demo.detector(str(tmp_path)) == "untrained"
+    (tmp_path / "inception-2015-12-05.pt").write_bytes(b"x")
+    assert demo.detector(str(tmp_path)) == str(tmp_path / "inception-2015-12-05.pt")
+
+
+def test_finished_stages_are_skipped_and_a_failed_one_reruns(tmp_path, monkeypatch, capsys):
+    calls, fail = [], {"launch.train_gan": 1}
+
+    def fake(argv, log):
+        module = argv[argv.index("-m") + 1]
+        calls.append(module)
+        if fail.get(module):
+            fail[module] -= 1
+            return 7
+        return 0
+
+    monkeypatch.setattr(demo, "run_command", fake)
+    argv = ["--out", str(tmp_path / "run"), "--launcher", "python"]
+    with pytest.raises(SystemExit) as e:
+        demo.main(argv)
+    assert "gan_source failed (exit 7)" in str(e.value)
+    stages = tmp_path / "run" / "stages"
+    assert sorted(p.stem for p in stages.glob("*.json")) == ["data"]  # the failed stage left no record
+    assert calls == ["launch.make_demo_data", "launch.make_shards", "launch.make_shards", "launch.train_gan"]
+
+    calls.clear()
+    assert demo.main(argv) == 0
+    assert calls[0] == "launch.train_gan" and "launch.make_demo_data" not in calls
+    assert "data: done earlier" in capsys.readouterr().out
+    done = sorted(p.stem for p in stages.glob("*.json"))
+    assert done == sorted(s.name for s in demo.stages(_args(tmp_path)))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["stage_seconds"]) >= {"data", "gan_source", "fid"}
+    assert "untrained Inception" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_unknown_stage_and_bad_numbers_exit_2(tmp_path, capsys):
+    assert demo.main(["--out", str(tmp_path), "--only", "gan"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    assert demo.main(["--out", str(tmp_path), "--fid-images", "1"]) == 2
+
+
+def _png(path: Path, value: int, size: int = 32) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+
+
+def test_report_shows_the_measured_numbers_and_links_existing_sheets(tmp_path):
+    out = tmp_path / "run"
+    for i in range(3):
+        _png(out / "data" / "photos" / "train" / f"{i}.png", 10 * i)
+        _png(out / "data" / "characters" / "character0" / f"{i}.png", 200)
+    _png(out / "gan_source" / "fakes-tick00001.png", 0, 64)
+    _png(out / "gan_source" / "fakes-tick00002.png", 90, 64)  # the latest grid is the one shown
+    _png(out / "cartoons" / "character0" / "sheets" / "a.png", 50)
+    (out / "cartoons" / "character0" / "report.json").write_text(json.dumps(
+        {"photos": 1, "refused": [], "references": 4, "settings": {"m": 4},
+         "metrics": {"cdsm": {"fid": 12.5, "kid": 0.25, "kid_std": 0.01, "n_real": 4, "n_fake": 1}}}))
+    (out / "metrics").mkdir()
+    (out / "metrics" / "fid_gan_target.json").write_text(json.dumps(
+        {"fid": 321.75, "kid": 0.5, "kid_std": 0.125, "n_real": 8, "n_fake": 8}))
+    (out / "metrics" / "encoder_source.json").write_text(json.dumps(
+        {"images": 2, "passes": [{"pass": 1, "l2": 0.0625, "ms_ssim": 0.5}, {"pass": 2, "l2": 0.03125}]}))
+    write_report(out, {"data": {"seconds": 1.5}, "fid": {"seconds": 2.0}}, "weights/inception-2015-12-05.pt")
+
+    text = (out / "report.md").read_text()
+    for expected in ("| fine-tuned generator vs characters | 321.8 | 0.5 ± 0.12 | 8 / 8 |",
+                     "| cdsm cartoons of held-out photos vs character0 | 12.5 |", "| 1 | 0.0625 | 0.5 |",
+                     "| total | 3.5 |", "weights/inception-2015-12-05.pt"):
+        assert expected in text
+    assert "untrained" not in text
+    linked = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert linked == ["sheets/data.png", "sheets/gan_source.png", "sheets/cartoons_character0.png"]
+    grid = np.asarray(Image.open(out / "sheets" / "gan_source.png"))
+    assert grid.shape == (64 * 3, 64 * 3, 3) and (grid == 90).all()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["fid_gan_target"]["fid"] == 321.75 and m["cartoonize"]["character0"]["metrics"]["cdsm"]["kid"] == 0.25
+    assert m["detector_is_public_inception"] is True
+
+
+SMOKE = ["--photos", "32", "--characters", "2", "--cartoon-characters", "1", "--k", "4", "--fid-images", "8",
+         "--kimg-scale", "0.05"]
+
+
+def _demo(out: Path, *extra: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, "-m", "launch.demo", "--out", str(out), *SMOKE, *extra], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
+    out = tmp_path / "demo"
+    first = _demo(out)
+    ckpts = out / "gan_source" / "checkpoints"
+    deadline = time.time() + 300
+    while not any(ckpts.glob("ckpt-*")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, first.stdout.read()
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C reaches the demo and the stage it runs
+    assert first.wait(120) == 130, first.stdout.read()
+    assert not (out / "stages" / "gan_source.json").exists()
+
+    second = _demo(out)
+    log, _ = second.communicate(timeout=1500)
+    assert second.returncode == 0, log
+    assert "data: done earlier" in log
+    assert "resum" in (out / "gan_source" / "log.txt").read_text()  # continued from the checkpoint
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("fid_gan_source", "fid_gan_source_vs_characters", "fid_gan_target"):
+        assert np.isfinite(m[key]["fid"]) and m[key]["n_fake"] == 8
+    cdsm = m["cartoonize"]["character0"]
+    assert cdsm["photos"] == 16 and np.isfinite(cdsm["metrics"]["cdsm"]["fid"])
+    assert [p["pass"] for p in m["encoder_source"]["passes"]] == [1, 2, 3]
+    text = (out / "report.md").read_text()
+    linked = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert linked == [f"sheets/{n}.png" for n in ("data", "gan_source", "gan_target", "encoder_source",
+                                                  "encoder_target", "cartoons_character0")]
+    assert all((out / f).is_file() for f in linked)
