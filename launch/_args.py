@@ -3,6 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import NoReturn
+
+
+class UserError(SystemExit):
+    """A user error (bad option, missing or damaged file): the message goes to stderr, exit 2."""
+
+    def __init__(self, message: str):
+        print(message, file=sys.stderr)
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fail(message: str) -> NoReturn:
+    """Ends a command with ``message`` on stderr and exit status 2."""
+    raise UserError(message)
 
 
 def int_list(text: str) -> list[int]:

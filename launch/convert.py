@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from trainer.model_io import CheckpointError, load_checkpoint, save_checkpoint
+from launch._args import fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.src.resolve() == args.dst.resolve():
-        raise SystemExit("error: --dst must differ from --src")
+        fail("error: --dst must differ from --src")
     try:
         ck = load_checkpoint(args.src, args.src_format)
         save_checkpoint(args.dst, args.to, g_ema=ck.g_ema, g=ck.g, d=ck.d, extra=ck.extra)
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
     parts = [n for n, m in (("g_ema", ck.g_ema), ("g", ck.g), ("d", ck.d)) if m is not None]
     print(f"[convert] {args.src} ({ck.format}) -> {args.dst} ({args.to}): {', '.join(parts)}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from datasets.crawl import DEFAULT_TYPES, CrawlConfig, crawl
 from datasets.errors import DataError
 from launch._args import int_list
+from launch._args import fail
 
 
 def parse_list(text: str) -> list[str]:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = crawl(cfg)
     except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -90,13 +90,21 @@ def load_detector(args: argparse.Namespace, device):
     """(FIDDetector on ``device``, its SHA-256) from the command-line options."""
     from eval.fid_preprocess import FIDDetector
     from eval.inception import load_inception, parse_untrained, untrained_inception
+    from trainer.networks.weights import WeightsError
 
     path = detector_path(args)
     seed = parse_untrained(path)
     if seed is not None:
         net, info = untrained_inception(seed)
     else:
-        net, info = load_inception(path, check_hash=not args.no_check_hash, expected_sha256=args.detector_sha256)
+        try:
+            net, info = load_inception(path, check_hash=not args.no_check_hash, expected_sha256=args.detector_sha256)
+        except WeightsError as e:
+            if path is not None and Path(path).is_file():  # a damaged or wrong file: its own message says it all
+                raise
+            raise WeightsError(f"{e}. Put it in --weights-dir (or $TOONMIX_WEIGHTS) under that name; without "
+                               "either file, --detector untrained measures with seeded random weights "
+                               "(comparisons within one run only)") from None
     return FIDDetector(net, args.preprocess).to(device).eval(), info["sha256"]
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from launch._args import int_list
 from trainer.imageio import grid, save_png, to_uint8
 from trainer.model_io import CheckpointError, load_checkpoint
+from launch._args import fail
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -54,9 +55,9 @@ def latents(args, z_dim: int) -> tuple[np.ndarray, list[str]]:
     try:
         z = np.load(args.z)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: cannot read --z {args.z}: {e}") from None
+        fail(f"error: cannot read --z {args.z}: {e}")
     if z.ndim != 2 or z.shape[1] != z_dim:
-        raise SystemExit(f"error: --z must have shape (N, {z_dim}), got {z.shape}")
+        fail(f"error: --z must have shape (N, {z_dim}), got {z.shape}")
     return z, [f"z{i:04d}" for i in range(len(z))]
 
 
@@ -64,11 +65,11 @@ def latents(args, z_dim: int) -> tuple[np.ndarray, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available")
+        fail("error: --device cuda but no CUDA device is available")
     try:
         ck = load_checkpoint(args.ckpt)
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(f"error: {e}")
     G = ck.generator().to(args.device).eval()
     z, names = latents(args, G.style_dim)
     print(f"[generate] {ck.format} checkpoint, {G.size}px, {len(z)} images -> {args.outdir}")

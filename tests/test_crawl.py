@@ -516,4 +516,4 @@ def test_cli_crawls_and_prints_a_json_summary(tmp_path, site):
     assert summary["fetched"] == 1 and files(tmp_path) == {"tower/1/001.jpg": JPEG}
     urls.write_text("tower,1\n")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "urls.csv:1:" in out.stderr
+    assert out.returncode == 2 and "urls.csv:1:" in out.stderr

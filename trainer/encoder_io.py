@@ -115,6 +115,9 @@ def load_encoder(spec: str | Path) -> ReStyle:
     spec = str(spec).rstrip("/")
     if Path(spec).is_file():
         return load_restyle(spec)[0]
+    if not Path(spec).exists() and not spec.endswith("latest") and "://" not in spec:
+        raise CheckpointError(f"{spec}: no such encoder; expected encoder-restyle.pt from `launch.train_encoder`, "
+                              "ReStyle's own .pt, or a training checkpoint folder (ckpt-* or <checkpoints>/latest)")
     root = spec[: -len("latest")].rstrip("/") or "." if spec.endswith("latest") else spec.rpartition("/")[0] or "."
     manager = CheckpointManager(root)
     path = manager.resolve("latest" if spec.endswith("latest") else spec)

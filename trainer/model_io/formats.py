@@ -54,10 +54,14 @@ class LoadedCheckpoint:
         return G
 
 
+MISSING_HINT = ("a generator file: a run's network.pt / network-rosinality.pt, rosinality's .pt or NVlabs' .pkl "
+                "(the public FFHQ weights and where to put them: docs/weights.md)")
+
+
 def detect_format(path: str | Path) -> str:
     """Which of FORMATS a file is, from its container and top-level keys."""
     if not Path(path).is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file; expected {MISSING_HINT}")
     if file_kind(path) == "pickle":
         return "nvlabs"
     return _format_of(torch_load(path), path)
@@ -76,7 +80,7 @@ def load_checkpoint(path: str | Path, fmt: str | None = None) -> LoadedCheckpoin
     """Reads any supported checkpoint; ``fmt`` forces a format instead of detecting it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file; expected {MISSING_HINT}")
     if fmt not in (None,) + FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from {FORMATS}")
     if (fmt or ("nvlabs" if file_kind(path) == "pickle" else None)) == "nvlabs":
