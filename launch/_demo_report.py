@@ -103,6 +103,14 @@ def _num(x, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}g}"
 
 
+def _kid(r: dict) -> str:
+    """KID with its spread over subsets; no spread when every subset held all images (it is 0)."""
+    if r.get("kid") is None:
+        return "n/a"
+    spread = r.get("kid_std") or 0.0
+    return _num(r["kid"]) + (f" ± {_num(spread, 2)}" if spread > 1e-9 * max(abs(r["kid"]), 1e-12) else "")
+
+
 def _fid_rows(m: dict) -> list[str]:
     rows = []
     for key, what in (("fid_gan_source", "source generator vs photo-like faces"),
@@ -110,13 +118,12 @@ def _fid_rows(m: dict) -> list[str]:
                       ("fid_gan_target", "fine-tuned generator vs characters")):
         r = m.get(key)
         if r:
-            rows.append(f"| {what} | {_num(r['fid'])} | {_num(r.get('kid'))} ± {_num(r.get('kid_std'), 2)} "
-                        f"| {r['n_real']} / {r['n_fake']} |")
+            rows.append(f"| {what} | {_num(r['fid'])} | {_kid(r)} | {r['n_real']} / {r['n_fake']} |")
     for char, c in (m.get("cartoonize") or {}).items():
         for method, r in (c.get("metrics") or {}).items():
             if "fid" in r:
                 rows.append(f"| {method} cartoons of held-out photos vs {char} | {_num(r['fid'])} "
-                            f"| {_num(r.get('kid'))} ± {_num(r.get('kid_std'), 2)} | {r['n_real']} / {r['n_fake']} |")
+                            f"| {_kid(r)} | {r['n_real']} / {r['n_fake']} |")
     return rows
 
 

@@ -126,12 +126,15 @@ def test_report_shows_the_measured_numbers_and_links_existing_sheets(tmp_path):
     (out / "metrics").mkdir()
     (out / "metrics" / "fid_gan_target.json").write_text(json.dumps(
         {"fid": 321.75, "kid": 0.5, "kid_std": 0.125, "n_real": 8, "n_fake": 8}))
+    (out / "metrics" / "fid_gan_source.json").write_text(json.dumps(  # subsets held every image: no spread
+        {"fid": 40.0, "kid": 0.25, "kid_std": 1e-17, "n_real": 8, "n_fake": 8}))
     (out / "metrics" / "encoder_source.json").write_text(json.dumps(
         {"images": 2, "passes": [{"pass": 1, "l2": 0.0625, "ms_ssim": 0.5}, {"pass": 2, "l2": 0.03125}]}))
     write_report(out, {"data": {"seconds": 1.5}, "fid": {"seconds": 2.0}}, "weights/inception-2015-12-05.pt")
 
     text = (out / "report.md").read_text()
     for expected in ("| fine-tuned generator vs characters | 321.8 | 0.5 ± 0.12 | 8 / 8 |",
+                     "| source generator vs photo-like faces | 40 | 0.25 | 8 / 8 |",
                      "| cdsm cartoons of held-out photos vs character0 | 12.5 |", "| 1 | 0.0625 | 0.5 |",
                      "| total | 3.5 |", "weights/inception-2015-12-05.pt"):
         assert expected in text
