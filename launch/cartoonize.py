@@ -3,7 +3,7 @@
     accelerate launch -m launch.cartoonize --photos photos/ --character hero \\
         --target-data data/characters --encoder-source runs/00004-encoder/encoder-restyle.pt \\
         --encoder-target runs/00005-encoder/encoder-restyle.pt --g-source ffhq.pt \\
-        --g-target runs/00003-gan/network-final.pt --out cartoons/ --detector inception-2015-12-05.pt
+        --g-target runs/00003-gan/network.pt --out cartoons/ --detector inception-2015-12-05.pt
 
 Steps: G_swap (mapping and layers below --swap-res from --g-source, the rest
 from --g-target); the character's latent from the look-up table (--lut, built

@@ -1,6 +1,6 @@
 """FID (and KID) of generated or given images against real ones, on every rank.
 
-    accelerate launch -m launch.fid --real shards/webtoon --fake runs/00003-gan/network-final.pt \\
+    accelerate launch -m launch.fid --real shards/webtoon --fake runs/00003-gan/network.pt \\
         --detector pretrained_models/inception-2015-12-05.pt --protocol fid50k_full --kid
 
     python -m launch.fid --real shards/ffhq --fake cartoons/ --protocol custom --num-gen 1000
