@@ -99,7 +99,7 @@ def detector(weights_dir: str) -> str:
     for key in ("inception_nvidia", "inception_fid"):
         cand = Path(weights_dir) / PUBLIC[key].filename
         if cand.is_file():
-            return str(cand)
+            return str(cand.resolve())  # the commands run in the repository root
     return "untrained"
 
 

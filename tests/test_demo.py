@@ -67,7 +67,7 @@ def test_kimg_scale_shortens_every_training_stage(tmp_path):
 def test_detector_prefers_the_public_file(tmp_path):
     assert demo.detector(str(tmp_path)) == "untrained"
     (tmp_path / "inception-2015-12-05.pt").write_bytes(b"x")
-    assert demo.detector(str(tmp_path)) == str(tmp_path / "inception-2015-12-05.pt")
+    assert demo.detector(str(tmp_path)) == str((tmp_path / "inception-2015-12-05.pt").resolve())
 
 
 def test_finished_stages_are_skipped_and_a_failed_one_reruns(tmp_path, monkeypatch, capsys):
