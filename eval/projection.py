@@ -209,6 +209,11 @@ class _Projector:
         return float(loss.detach().mean())
 
     @torch.no_grad()
+    def preview(self) -> torch.Tensor:
+        """The current projection without the latent jitter [N, 3, S, S]."""
+        return self.render(self.w.detach())
+
+    @torch.no_grad()
     def result(self, losses: list[float]) -> ProjectionResult:
         w = self.w.detach()
         return ProjectionResult(w.expand(-1, self.G.n_latent, -1).clone(), self.render(w), losses,
@@ -216,20 +221,29 @@ class _Projector:
 
 
 def project(G: Generator, images: torch.Tensor, lpips: nn.Module | None, cfg: ProjectionConfig,
-            progress: Callable[[int, float], None] | None = None) -> ProjectionResult:
+            progress: Callable[[int, float], None] | None = None,
+            snapshot: Callable[[int, torch.Tensor], None] | None = None, snapshot_every: int = 0) -> ProjectionResult:
     """Projects ``images`` [N, 3, S, S] in [-1, 1] (S <= G.size) into W+ of ``G``.
 
     Each image is optimised independently (the batch only shares the forward
     passes). ``progress(step, loss)`` is called after every step with the batch
-    mean of the objective. Deterministic for ``cfg.seed`` on the CPU.
+    mean of the objective; ``snapshot(step, images)`` before step 0, after every
+    ``snapshot_every`` steps and after the last, with the current projection (an
+    extra forward each: for videos of the optimisation). Deterministic for
+    ``cfg.seed`` on the CPU.
     """
     _check_images(G, images)
     with _frozen(G, lpips):
         target = images.to(G.input.input.device, torch.float32)
         proj = _Projector(G, target, lpips, cfg)
         losses: list[float] = []
+        if snapshot is not None:
+            snapshot(0, proj.preview())
         for step in range(cfg.steps):
             losses.append(proj.step(step))
             if progress is not None:
                 progress(step, losses[-1])
+            done = step + 1
+            if snapshot is not None and snapshot_every > 0 and (done % snapshot_every == 0 or done == cfg.steps):
+                snapshot(done, proj.preview())
         return proj.result(losses)

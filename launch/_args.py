@@ -51,6 +51,19 @@ def add_inversion_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def add_lpips_args(p: argparse.ArgumentParser, default_net: str = "alex") -> None:
+    """LPIPS weight options: the public files by name in --weights-dir, or each path alone."""
+    import os
+
+    p.add_argument("--weights-dir", default=os.environ.get("TOONMIX_WEIGHTS"),
+                   help="folder with the public weight files under their names (default $TOONMIX_WEIGHTS)")
+    p.add_argument("--lpips-net", choices=["alex", "vgg"], default=default_net, help="LPIPS feature network")
+    p.add_argument("--lpips-backbone", default=None, help="alexnet-owt-7be5be79.pth / vgg16-397923af.pth")
+    p.add_argument("--lpips-lin", default=None, help="the lpips package's alex.pth / vgg.pth")
+    p.add_argument("--no-lpips", action="store_true", help="pixel L2 only (no LPIPS weights at hand)")
+    p.add_argument("--no-check-hash", action="store_true", help="do not verify torchvision file hashes")
+
+
 def inversion_device(args: argparse.Namespace):
     """The torch device for ``--device``, after checking --iters and --batch (None: an error was printed)."""
     import sys
