@@ -51,6 +51,25 @@ def add_inversion_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
+def add_generator_args(p: argparse.ArgumentParser) -> None:
+    """A generator, or G_swap of two: --ckpt, --g-target, --swap-res."""
+    p.add_argument("--ckpt", required=True, help="generator checkpoint (rosinality .pt, NVlabs .pkl or ours)")
+    p.add_argument("--g-target", help="use G_swap: --ckpt below --swap-res, this fine-tuned generator above")
+    p.add_argument("--swap-res", type=int, default=32, help="with --g-target: G_swap's swap resolution")
+
+
+def load_generator(args: argparse.Namespace, device):
+    """The generator of add_generator_args' options, on ``device``, in eval mode."""
+    from trainer.model_io import load_checkpoint
+
+    G = load_checkpoint(args.ckpt).generator()
+    if args.g_target:
+        from eval.cdsm import g_swap
+
+        G = g_swap(G, load_checkpoint(args.g_target).generator(), args.swap_res)
+    return G.to(device).eval()
+
+
 def add_lpips_args(p: argparse.ArgumentParser, default_net: str = "alex") -> None:
     """LPIPS weight options: the public files by name in --weights-dir, or each path alone."""
     import os

@@ -30,7 +30,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from launch._args import add_lpips_args
+from launch._args import add_generator_args, add_lpips_args, load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = ProjectionConfig()
     p = argparse.ArgumentParser(prog="accelerate launch -m launch.project", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="generator checkpoint (rosinality .pt, NVlabs .pkl or ours)")
-    p.add_argument("--g-target", help="project into G_swap: the fine-tuned generator above --swap-res")
-    p.add_argument("--swap-res", type=int, default=32, help="with --g-target: G_swap's swap resolution")
+    add_generator_args(p)
     p.add_argument("--images", required=True, help="folder of images (square crops)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--steps", type=int, default=d.steps, help="optimisation steps (stylegan2-ada: 1000)")
@@ -73,17 +71,6 @@ def load_lpips(args: argparse.Namespace, device):
     backbone = weight_path(args.lpips_backbone, args.weights_dir, "alexnet" if args.lpips_net == "alex" else "vgg16")
     lin = weight_path(args.lpips_lin, args.weights_dir, f"lpips_{args.lpips_net}")
     return LPIPS.from_files(args.lpips_net, backbone, lin, check_hash=not args.no_check_hash).to(device)
-
-
-def generator(args: argparse.Namespace, device):
-    from trainer.model_io import load_checkpoint
-
-    G = load_checkpoint(args.ckpt).generator()
-    if args.g_target:
-        from eval.cdsm import g_swap
-
-        G = g_swap(G, load_checkpoint(args.g_target).generator(), args.swap_res)
-    return G.to(device).eval()
 
 
 def _frames(targets, every: bool):
@@ -139,7 +126,7 @@ def run(args: argparse.Namespace, dist) -> dict:
                            w_avg_samples=args.w_avg_samples, seed=args.seed)
     out = Path(args.out)
     (out / "sheets").mkdir(parents=True, exist_ok=True)
-    G = generator(args, dist.device)
+    G = load_generator(args, dist.device)
     lpips = load_lpips(args, dist.device)
     files = image_files(args.images)
     if not files:
