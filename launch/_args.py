@@ -114,3 +114,15 @@ def run_on_every_rank(run, args: argparse.Namespace, errors: tuple[type[BaseExce
     if found and dist.is_main:
         print(f"error: {found[0]}", file=sys.stderr)
     return dist, (None if found else result)
+
+
+def run_and_print(run, args: argparse.Namespace, errors: tuple[type[BaseException], ...]) -> int:
+    """``run`` on every rank, then its result as one JSON line on the main process; exit 0, or 2 on a user error."""
+    import json
+
+    dist, result = run_on_every_rank(run, args, errors)
+    if result is None:
+        return 2
+    if dist.is_main:
+        print(json.dumps(result))
+    return 0
