@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from launch import train_triplet as cli
+from tests.run_fixtures import torchrun
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.irse import IRSEBackbone
@@ -95,3 +96,11 @@ def test_bad_input_exits_2(change, message, files, tmp_path, monkeypatch, capsys
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     assert cli.main(argv(files, tmp_path / "r") + change) == 2
     assert message in capsys.readouterr().err
+
+
+def test_two_processes_stay_in_sync(files, tmp_path):
+    run = tmp_path / "two"
+    # check_sync hashes every rank's gradients and weights after each step and fails on a difference.
+    torchrun("launch.train_triplet", 2, argv(files, run, "run.total_kimg=0.032", "run.check_sync=true"))
+    assert "2 process(es)" in (run / "log.txt").read_text()
+    assert len(stats(run)) == 2 and (run / "network.pt").is_file()
