@@ -80,13 +80,14 @@ def render_grid(G, factors, ws, args: argparse.Namespace):
     from eval.sefa import move
     from trainer.imageio import to_uint8
 
+    from tqdm import tqdm
+
     degrees = torch.linspace(-args.degree, args.degree, args.steps).tolist()
     rows = []
     with torch.no_grad():
-        for w in ws:
-            for k in args.index:
-                moved = torch.cat([move(w[None], factors, k, d) for d in degrees])
-                rows.append(to_uint8(G.synthesis(moved, noise_mode="const").img))
+        for w, k in tqdm([(w, k) for w in ws for k in args.index], desc="sefa rows", unit="row"):
+            moved = torch.cat([move(w[None], factors, k, d) for d in degrees])
+            rows.append(to_uint8(G.synthesis(moved, noise_mode="const").img))
     return rows, degrees
 
 
