@@ -8,10 +8,9 @@ from typing import NoReturn
 
 
 class UserError(SystemExit):
-    """A user error (bad option, missing or damaged file): the message goes to stderr, exit 2."""
+    """Exit status 2 that still reads as its message (for callers that catch it)."""
 
     def __init__(self, message: str):
-        print(message, file=sys.stderr)
         super().__init__(2)
         self.message = message
 
@@ -21,6 +20,7 @@ class UserError(SystemExit):
 
 def fail(message: str) -> NoReturn:
     """Ends a command with ``message`` on stderr and exit status 2."""
+    print(message, file=sys.stderr)
     raise UserError(message)
 
 

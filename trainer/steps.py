@@ -85,14 +85,20 @@ def restore_rank(rank_state: dict | None, meta: dict, dist: Dist, seed: int, loa
     (seed, rank, images seen). A rank the saving run did not have gets a fresh stream
     (``new_loader(seed)``), not a replay of the first images.
     """
-    if rank_state is not None and int(meta["world"]) == dist.world:
-        set_rng_state(rank_state["rng"])
-    else:
-        seed_rank(seed, dist.rank, int(meta["nimg"]))
+    restore_rng(rank_state, meta, dist, seed)
     if rank_state is None:
         return new_loader(seed + int(meta["nimg"]) * dist.world + dist.rank)
     loader.load_state_dict(rank_state["loader"])
     return loader
+
+
+def restore_rng(rank_state: dict | None, meta: dict, dist: Dist, seed: int) -> None:
+    """This rank's RNG after a resume: exact at the saving world size, else reseeded from
+    (seed, rank, images seen)."""
+    if rank_state is not None and int(meta["world"]) == dist.world:
+        set_rng_state(rank_state["rng"])
+    else:
+        seed_rank(seed, dist.rank, int(meta["nimg"]))
 
 
 def resumed_note(path: str, meta: dict, world: int, changed: list[str]) -> str:

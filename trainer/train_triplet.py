@@ -11,7 +11,6 @@ the blend's trainable synthesis layers; they are averaged over ranks once per st
 
 from __future__ import annotations
 
-import copy
 import time
 
 import torch
@@ -21,7 +20,7 @@ import ops
 from eval.cdsm import g_swap
 from trainer.checkpoint import CheckpointManager, OptimizerState
 from trainer.config_io import to_dict, to_yaml
-from trainer.distributed import Dist, rng_state, seed_rank, set_rng_state
+from trainer.distributed import Dist, rng_state, seed_rank
 from trainer.encoder_setup import load_generator, weight_path
 from trainer.imageio import to_uint8
 from trainer.loss_scale import DynamicLossScale
@@ -29,10 +28,10 @@ from trainer.meters import Meters
 from trainer.model_io import save_checkpoint
 from trainer.networks.face_id import FaceID
 from trainer.networks.generator import Generator
-from trainer.networks.swap import param_resolution
+from trainer.networks.swap import layer_swap, param_resolution
 from trainer.run_start import Start, changed_settings
 from trainer.runlog import RunLog
-from trainer.steps import NonFiniteError, check_batch, counters, resumed_note, synced_step
+from trainer.steps import NonFiniteError, check_batch, counters, restore_rng, resumed_note, synced_step
 from trainer.networks.weights import WeightsError, missing_message
 from trainer.triplet_config import TripletConfig
 
@@ -43,7 +42,7 @@ def build_generators(cfg: TripletConfig) -> tuple[Generator, Generator, Generato
     """(positive source G, trainable blend, negative blend); the first and last frozen."""
     S = load_generator(cfg.model.source, "model.source")
     T = load_generator(cfg.model.target, "model.target")
-    blend = copy.deepcopy(g_swap(S, T, cfg.model.swap_res))  # g_swap's copy is frozen: thaw our own
+    blend = layer_swap(S, T, cfg.model.swap_res)  # G_swap's weights, not frozen: trainable() picks what trains
     negative = g_swap(S, T, cfg.model.negative_swap_res)
     return S, blend, negative
 
@@ -109,10 +108,7 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
     if start.resume_from is not None:
         changed = changed_settings(start.meta["config"], to_dict(cfg))
         rank_state, _ = ckpt.load(start.resume_from, state)
-        if rank_state is not None and int(start.meta["world"]) == dist.world:
-            set_rng_state(rank_state["rng"])
-        else:
-            seed_rank(cfg.run.seed, dist.rank, int(start.meta["nimg"]))
+        restore_rng(rank_state, start.meta, dist, cfg.run.seed)
         log.info(resumed_note(start.resume_from, start.meta, dist.world, changed))
     c = {k: int(v) for k, v in train["counters"].items()}
     step, cur_nimg, tick, tick_nimg, bad_steps = c["step"], c["nimg"], c["tick"], c["tick_nimg"], c["nonfinite"]
