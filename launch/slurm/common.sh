@@ -10,7 +10,9 @@ if [[ -n "$VENV" && -f "$VENV/bin/activate" ]]; then
     source "$VENV/bin/activate"
 fi
 
-HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# No `| head -n 1`: under pipefail, scontrol dying of SIGPIPE when head exits first would end the job.
+HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+HEAD_NODE=${HOSTS%%$'\n'*}
 HEAD_PORT=${TOONMIX_PORT:-29500}
 GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-8}
 ACCELERATE_CONFIG=${TOONMIX_ACCELERATE_CONFIG:-launch/accelerate/multinode_static.yaml}
