@@ -28,7 +28,6 @@ import torch
 
 from trainer.networks.generator import Generator
 from trainer.networks.stylespace import style_layers, synthesize, ws_to_styles
-from trainer.networks.swap import layer_swap
 
 METHODS = ("encoder", "projection")
 TABLE_FORMAT = "toonmix.cdsm.lookup_table"
@@ -36,16 +35,7 @@ TABLE_VERSION = 1
 
 
 # ----------------------------------------------------------------------
-# G_swap and the style mix.
-
-def g_swap(g_source: Generator, g_target: Generator, resolution: int = 32) -> Generator:
-    """G_swap: mapping, ``w_avg`` and layers below ``resolution`` from the source
-    (FFHQ) generator, the rest from the fine-tuned target; frozen, in eval mode."""
-    G = layer_swap(g_source, g_target, resolution)
-    G.eval()
-    G.requires_grad_(False)
-    return G
-
+# The style mix (G_swap itself is trainer.networks.swap.g_swap).
 
 @dataclass
 class MixConfig:

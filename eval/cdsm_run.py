@@ -16,17 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from trainer.encoder_data import IMAGE_SUFFIXES
+from datasets.imageio import image_files
 
 from .cdsm import CharacterEntry, LookUpTable, average_latent, sample_references
-
-
-def image_files(folder: str | Path) -> list[Path]:
-    """Image files directly under ``folder``, sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    return sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def character_folders(root: str | Path) -> dict[str, list[Path]]:
@@ -34,7 +26,7 @@ def character_folders(root: str | Path) -> dict[str, list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such target-data folder (one sub-folder per character)")
-    chars = {d.name: image_files(d) for d in sorted(root.iterdir()) if d.is_dir()}
+    chars = {d.name: image_files(d, recursive=False) for d in sorted(root.iterdir()) if d.is_dir()}
     return {k: v for k, v in chars.items() if v}
 
 

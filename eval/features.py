@@ -23,8 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from datasets.imageio import IMAGE_SUFFIXES, image_files
 from datasets.loader import LoaderConfig, ShardLoader, load_shard_set
-from trainer.encoder_data import IMAGE_SUFFIXES
 from trainer.networks.generator import Generator
 
 from .fid_preprocess import quantize
@@ -63,8 +63,7 @@ class FolderSource:
         root = Path(self.path)
         if not root.is_dir():
             raise FileNotFoundError(f"{self.path}: no such image folder")
-        files = sorted(self.files if self.files is not None else
-                       (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        files = sorted(self.files) if self.files is not None else image_files(root)
         if not files:
             raise FileNotFoundError(f"{self.path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
         self.files = files[:self.limit] if self.limit else files
@@ -187,7 +186,7 @@ def _features(detector: torch.nn.Module, images: list[torch.Tensor], device: tor
 def extract(source: Source, detector: torch.nn.Module, dist, batch: int = 64,
             progress: bool = True, desc: str = "features") -> np.ndarray | None:
     """Features [N, D] float32 of every item of ``source`` in item order on the main process
-    (None on the others). ``dist`` is a ``trainer.distributed.Dist``."""
+    (None on the others). ``dist`` is a ``trainer.run.distributed.Dist``."""
     n_batches = -(-len(source) // batch)
     mine = len(range(dist.rank, n_batches, dist.world)) if not isinstance(source, ShardSource) else None
     bar = tqdm(total=n_batches if mine is not None else None, desc=desc, unit="batch",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.imageio import save_png, to_uint8
+from datasets.imageio import save_png, to_uint8
 from trainer.networks.generator import Generator
 
 

@@ -64,7 +64,7 @@ def load_generator(args: argparse.Namespace, device):
 
     G = load_checkpoint(args.ckpt).generator()
     if args.g_target:
-        from eval.cdsm import g_swap
+        from trainer.networks.swap import g_swap
 
         G = g_swap(G, load_checkpoint(args.g_target).generator(), args.swap_res)
     return G.to(device).eval()
@@ -103,7 +103,7 @@ def run_on_every_rank(run, args: argparse.Namespace, errors: tuple[type[BaseExce
     """
     import sys
 
-    from trainer.distributed import Dist
+    from trainer.run.distributed import Dist
 
     dist = Dist()
     try:

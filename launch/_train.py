@@ -12,9 +12,9 @@ import sys
 from typing import Callable
 
 from datasets.errors import DataError
-from trainer.checkpoint import CheckpointError
-from trainer.config_io import ConfigError, help_text, load_config, raw_config
 from trainer.model_io import CheckpointError as ModelFileError
+from trainer.run.checkpoint import CheckpointError
+from trainer.run.config import ConfigError, help_text, load_config, raw_config
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, ModelFileError, FileNotFoundError)
 
@@ -30,9 +30,11 @@ def build_parser(prog: str, doc: str, cfg_cls: type) -> argparse.ArgumentParser:
 
 def run_training(args: argparse.Namespace, cfg_cls: type, resolve: Callable, loop: Callable) -> int:
     """Resolves the run on rank 0, hands every rank the answer (or the error), runs ``loop``."""
-    from trainer.distributed import Dist  # after --help: joining the process group is not free
-    from trainer.run_start import base_config
-    from trainer.steps import NonFiniteError
+    from trainer.run.distributed import (
+        Dist,  # after --help: joining the process group is not free
+    )
+    from trainer.run.start import base_config
+    from trainer.run.steps import NonFiniteError
 
     dist = Dist()
     result = None

@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _networks(args: argparse.Namespace, device):
     """(source encoder, target encoder or None, G_swap) on ``device``."""
-    from eval.cdsm import g_swap
-    from trainer.encoder_io import load_encoder
+    from trainer.encoder.formats import load_encoder
     from trainer.model_io import load_checkpoint
+    from trainer.networks.swap import g_swap
 
     enc_s = load_encoder(args.encoder_source).to(device)
     enc_t = load_encoder(args.encoder_target).to(device) if args.encoder_target else None
@@ -107,10 +107,11 @@ def _inverter(args: argparse.Namespace, enc_t, G):
 
 def character_images(args: argparse.Namespace) -> tuple[str, list[Path] | None]:
     """(character name, its image files when a folder holds them)."""
-    from eval.cdsm_run import character_folders, image_files
+    from datasets.imageio import image_files
+    from eval.cdsm_run import character_folders
 
     if args.targets:
-        return Path(args.targets).resolve().name, image_files(args.targets)
+        return Path(args.targets).resolve().name, image_files(args.targets, recursive=False)
     if args.target_data:
         chars = character_folders(args.target_data)
         return args.character, chars.get(args.character)
@@ -162,13 +163,13 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
     import torch
     from tqdm import tqdm
 
+    from datasets.imageio import image_files, save_png, to_uint8
     from eval.cdsm import MixConfig, cartoonize, toonify, wplus_mix
-    from eval.cdsm_run import image_files, my_batches, read_batch, sheet_row
-    from trainer.imageio import save_png, to_uint8
+    from eval.cdsm_run import my_batches, read_batch, sheet_row
 
     cfg = MixConfig(args.mix_index, not args.no_trgb_replace, args.swap_res, args.noise_seed)
     cfg.check(G)
-    files = image_files(args.photos)
+    files = image_files(args.photos, recursive=False)
     if not files:
         raise FileNotFoundError(f"{args.photos}: no photos")
     shown = read_batch([Path(p) for p in entry.images], list(range(min(args.references, len(entry.images)))),

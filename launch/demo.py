@@ -84,7 +84,7 @@ def run_folder(out: str) -> Path:
 
 def length(config: str, scale: float) -> list[str]:
     """Overrides that scale a training config's length (none at scale 1)."""
-    from trainer.config_io import raw_config
+    from trainer.run.config import raw_config
 
     if scale == 1.0:
         return []

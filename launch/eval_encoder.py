@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from launch._args import add_inversion_args, inversion_device
 
 
@@ -41,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.errors import DataError
     from datasets.remote import atomic_write
     from eval.encoder_metrics import evaluate
-    from trainer.checkpoint import CheckpointError as RunCheckpointError
-    from trainer.encoder_data import ImageSource
-    from trainer.encoder_io import load_encoder
-    from trainer.encoder_setup import weight_path
+    from trainer.encoder.data import ImageSource
+    from trainer.encoder.formats import load_encoder
     from trainer.model_io import CheckpointError
     from trainer.networks.face_id import FaceID
     from trainer.networks.lpips import LPIPS
+    from trainer.run.checkpoint import CheckpointError as RunCheckpointError
+    from trainer.run.inputs import weight_path
 
     device = inversion_device(args)
     if device is None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.checkpoint import CheckpointError, CheckpointManager
-from trainer.gan_setup import export_networks
-from trainer.gan_state import load_networks
+from trainer.gan.setup import export_networks
+from trainer.gan.state import load_networks
+from trainer.run.checkpoint import CheckpointError, CheckpointManager
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from launch._args import int_list
-from trainer.imageio import grid, save_png, to_uint8
+from datasets.imageio import grid, save_png, to_uint8
+from launch._args import fail, int_list
 from trainer.model_io import CheckpointError, load_checkpoint
-from launch._args import fail
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -38,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datasets.errors import DataError
+    from datasets.imageio import save_png, to_uint8
     from datasets.remote import atomic_write
-    from trainer.encoder_data import ImageSource
-    from trainer.encoder_io import load_encoder
-    from trainer.imageio import save_png, to_uint8
+    from trainer.encoder.data import ImageSource
+    from trainer.encoder.formats import load_encoder
     from trainer.model_io import CheckpointError
-    from trainer.checkpoint import CheckpointError as RunCheckpointError
+    from trainer.run.checkpoint import CheckpointError as RunCheckpointError
 
     device = inversion_device(args)
     if device is None:

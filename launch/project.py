@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_lpips(args: argparse.Namespace, device):
     """The LPIPS module from --lpips-backbone/--lpips-lin or --weights-dir; None with --no-lpips."""
-    from trainer.encoder_setup import weight_path
     from trainer.networks.lpips import LPIPS
+    from trainer.run.inputs import weight_path
 
     if args.no_lpips or args.lpips == 0:
         return None
@@ -77,7 +77,7 @@ def _frames(targets, every: bool):
     """A snapshot callback collecting [target | projection] uint8 frames per image, or None."""
     import torch
 
-    from trainer.imageio import to_uint8
+    from datasets.imageio import to_uint8
 
     frames: list[list] = [[] for _ in range(len(targets))]
 
@@ -95,7 +95,7 @@ def save_outputs(out: Path, stem: str, target, res, k: int, frames: list) -> dic
     import torch
     from PIL import Image
 
-    from trainer.imageio import save_png, to_uint8
+    from datasets.imageio import save_png, to_uint8
 
     losses = np.asarray(res.losses, dtype=np.float64)  # the batch mean per step (the images share the steps)
     arrays = {"w": res.latents[k].cpu().numpy(), "loss": losses,
@@ -116,7 +116,8 @@ def save_outputs(out: Path, stem: str, target, res, k: int, frames: list) -> dic
 def run(args: argparse.Namespace, dist) -> dict:
     from tqdm import tqdm
 
-    from eval.cdsm_run import FaceCheck, image_files, my_batches, read_batch
+    from datasets.imageio import image_files
+    from eval.cdsm_run import FaceCheck, my_batches, read_batch
     from eval.projection import ProjectionConfig, project
 
     if args.steps < 1 or args.batch < 1 or args.video_every < 1:
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace, dist) -> dict:
     (out / "sheets").mkdir(parents=True, exist_ok=True)
     G = load_generator(args, dist.device)
     lpips = load_lpips(args, dist.device)
-    files = image_files(args.images)
+    files = image_files(args.images, recursive=False)
     if not files:
         raise FileNotFoundError(f"{args.images}: no images")
     size, check = args.size or G.size, FaceCheck(args.min_side)

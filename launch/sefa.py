@@ -76,11 +76,10 @@ def start_latents(args: argparse.Namespace, G):
 def render_grid(G, factors, ws, args: argparse.Namespace):
     """[len(ws) * len(index) rows, steps columns] of uint8 images, and the degree of each column."""
     import torch
-
-    from eval.sefa import move
-    from trainer.imageio import to_uint8
-
     from tqdm import tqdm
+
+    from datasets.imageio import to_uint8
+    from eval.sefa import move
 
     degrees = torch.linspace(-args.degree, args.degree, args.steps).tolist()
     rows = []

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def swapped_generators(S, T, resolutions: list[int]) -> dict:
     """{"source": S, "swap<r>": G_swap(r) ..., "target": T}."""
-    from eval.cdsm import g_swap
+    from trainer.networks.swap import g_swap
 
     bad = [r for r in resolutions if r < 4 or r > S.size or r & (r - 1)]
     if bad:
@@ -66,15 +66,16 @@ def sheet_latents(args: argparse.Namespace, gens: dict, device) -> dict:
     """W+ per generator for the sheet: seeds through each mapping, or inverted photos for all."""
     import torch
 
-    from eval.cdsm_run import FaceCheck, image_files, read_batch
+    from datasets.imageio import image_files
+    from eval.cdsm_run import FaceCheck, read_batch
     from eval.generator_table import seed_latents
-    from trainer.encoder_io import load_encoder
+    from trainer.encoder.formats import load_encoder
 
     if args.photos:
         if not args.encoder_source:
             raise ValueError("--photos needs --encoder-source (the encoder that inverts them)")
         enc = load_encoder(args.encoder_source).to(device)
-        files = image_files(args.photos)
+        files = image_files(args.photos, recursive=False)
         b = read_batch(files, list(range(len(files))), enc.size, FaceCheck(args.min_side))
         if b.images is None:
             raise FileNotFoundError(f"{args.photos}: no usable photos ({len(b.refused)} refused)")

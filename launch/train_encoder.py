@@ -22,7 +22,7 @@ import sys
 
 from launch._train import build_parser as _parser
 from launch._train import run_training
-from trainer.encoder_config import EncoderRunConfig, EncoderTrainConfig
+from trainer.encoder.config import EncoderRunConfig, EncoderTrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,15 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_start(raw: dict, resume: str | None):
-    from trainer.run_start import resolve_start as resolve
-    from trainer.train_encoder import ENCODER_META
+    from trainer.encoder.loop import ENCODER_META
+    from trainer.run.start import resolve_start as resolve
 
     return resolve(raw, resume, EncoderRunConfig(), ENCODER_META)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.train_encoder import training_loop
+    from trainer.encoder.loop import training_loop
 
     return run_training(args, EncoderTrainConfig, resolve_start, training_loop)
 

@@ -18,7 +18,7 @@ import sys
 
 from launch._train import build_parser as _parser
 from launch._train import run_training
-from trainer.gan_config import GANConfig
+from trainer.gan.config import GANConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.gan_state import resolve_start
-    from trainer.train_gan import training_loop
+    from trainer.gan.loop import training_loop
+    from trainer.gan.state import resolve_start
 
     return run_training(args, GANConfig, resolve_start, training_loop)
 

@@ -23,7 +23,7 @@ import sys
 
 from launch._train import build_parser as _parser
 from launch._train import run_training
-from trainer.triplet_config import TripletConfig, TripletRunConfig
+from trainer.triplet.config import TripletConfig, TripletRunConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_start(raw: dict, resume: str | None):
-    from trainer.run_start import resolve_start as resolve
-    from trainer.train_triplet import TRIPLET_META
+    from trainer.run.start import resolve_start as resolve
+    from trainer.triplet.loop import TRIPLET_META
 
     return resolve(raw, resume, TripletRunConfig(), TRIPLET_META)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.train_triplet import training_loop
+    from trainer.triplet.loop import training_loop
 
     return run_training(args, TripletConfig, resolve_start, training_loop)
 

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.test_checkpoint import digest, fresh_state, make_state, rank_state_for  # noqa: E402
-from trainer.checkpoint import CheckpointManager  # noqa: E402
+from trainer.run.checkpoint import CheckpointManager  # noqa: E402
 
 
 def main(mode: str, out: str, roots: list[str]) -> None:

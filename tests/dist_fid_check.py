@@ -17,8 +17,8 @@ from torch import nn
 
 from eval.features import FolderSource, GeneratorSource, ShardSource, extract
 from eval.frechet import feature_stats
-from trainer.distributed import Dist
 from trainer.model_io import load_checkpoint
+from trainer.run.distributed import Dist
 
 
 class SmallDetector(nn.Module):

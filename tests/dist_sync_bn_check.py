@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.sync_bn import convert_batchnorm
+from trainer.encoder.sync_bn import convert_batchnorm
 
 
 def main(out: Path) -> None:

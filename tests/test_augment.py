@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ops.grid_sample_gradfix import _grid_sample_ref, grid_sample
-from trainer import augment
-from trainer.augment import AugmentConfig, AugmentPipe
+from trainer.gan import augment
+from trainer.gan.augment import AugmentConfig, AugmentPipe
 
 MULTIPLIERS = ["xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac",
                "brightness", "contrast", "lumaflip", "hue", "saturation"]

@@ -10,17 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.cdsm import LookUpTable, MixConfig, cartoonize, g_swap, generator_fingerprint
+from eval.cdsm import LookUpTable, MixConfig, cartoonize, generator_fingerprint
 from launch import cartoonize as cli
 from tests.data_fixtures import face
 from tests.run_fixtures import torchrun
 from tests.test_fid import detector_file
-from trainer.encoder_io import load_encoder, save_restyle
+from trainer.encoder.formats import load_encoder, save_restyle
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.encoders import Encoder, EncoderConfig
 from trainer.networks.irse import IRSEBackbone
 from trainer.networks.restyle import ReStyle
+from trainer.networks.swap import g_swap
 from trainer.networks.weights import PUBLIC
 
 TINY_G = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.cdsm import (CharacterEntry, LookUpTable, MixConfig, TableMismatch, average_latent, cartoonize,
-                       fixed_noise, g_swap, generator_fingerprint, mix_styles, photo_mask, sample_references,
-                       toonify, wplus_mix)
+from eval.cdsm import (CharacterEntry, LookUpTable, MixConfig, TableMismatch, average_latent, cartoonize, fixed_noise,
+                        generator_fingerprint, mix_styles, photo_mask, sample_references, toonify, wplus_mix)
 from eval.projection import ProjectionConfig, project
 from trainer.networks import Generator, GeneratorConfig, style_layers, synthesize, ws_to_styles
-from trainer.networks.swap import param_resolution
+from trainer.networks.swap import g_swap, param_resolution
 
 TINY = dict(style_dim=32, n_mlp=2, channel_multiplier=1 / 128, channel_max=8)
 

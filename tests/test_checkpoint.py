@@ -20,7 +20,7 @@ from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from datasets.remote import fs_and_path
-from trainer.checkpoint import CheckpointError, CheckpointManager, OptimizerState
+from trainer.run.checkpoint import CheckpointError, CheckpointManager, OptimizerState
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,10 @@ from PIL import Image
 
 from launch import demo
 from launch._demo_report import write_report
-from trainer.config_io import load_config
-from trainer.encoder_config import EncoderTrainConfig
-from trainer.gan_config import GANConfig
-from trainer.triplet_config import TripletConfig
+from trainer.encoder.config import EncoderTrainConfig
+from trainer.gan.config import GANConfig
+from trainer.run.config import load_config
+from trainer.triplet.config import TripletConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "launch" / "configs").glob("*.yaml"))

@@ -18,9 +18,9 @@ from launch import fid as cli
 from tests.data_fixtures import face_shards
 from tests.dist_fid_check import SmallDetector
 from tests.run_fixtures import torchrun
-from trainer.distributed import Dist
 from trainer.model_io import save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
+from trainer.run.distributed import Dist
 
 TINY_G = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
 

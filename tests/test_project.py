@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.imageio import save_png, to_uint8
 from launch import project as cli
 from tests.run_fixtures import torchrun
-from trainer.imageio import save_png, to_uint8
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.ranger import Ranger, radam_step_size
+from trainer.encoder.ranger import Ranger, radam_step_size
 
 
 class _Net(nn.Module):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.cdsm import g_swap
 from eval.sefa import Factors, factorize, move
 from launch import sefa as cli
 from trainer.model_io import save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
+from trainer.networks.swap import g_swap
 
 TINY_G = dict(style_dim=16, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
 

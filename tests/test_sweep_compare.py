@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from datasets.imageio import save_png, to_uint8
 from launch import compare, swap_sweep
-from trainer.imageio import save_png, to_uint8
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.swap import param_resolution

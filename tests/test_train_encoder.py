@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import face_shards
 from run_fixtures import assert_same_final_state, stats, torchrun
+
+from datasets.imageio import save_png, to_uint8
 from launch import invert as invert_cli
 from launch import train_encoder as cli
-from trainer.config_io import field_docs
-from trainer.encoder_config import EncoderTrainConfig
-from trainer.encoder_io import load_encoder, load_restyle, save_restyle
-from trainer.imageio import save_png, to_uint8
+from trainer.encoder.config import EncoderTrainConfig
+from trainer.encoder.formats import load_encoder, load_restyle, save_restyle
 from trainer.model_io import save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.encoders import Encoder, EncoderConfig
@@ -28,6 +27,7 @@ from trainer.networks.lpips import LPIPS
 from trainer.networks.resnet import ResNet
 from trainer.networks.restyle import ReStyle
 from trainer.networks.weights import PUBLIC
+from trainer.run.config import field_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_G = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
@@ -205,7 +205,7 @@ def test_invert_cli_writes_every_pass_and_reports_converted_images(files, tmp_pa
 
 @pytest.mark.parametrize("name", ["encoder_tiny.yaml", "restyle_source.yaml", "restyle_target.yaml"])
 def test_encoder_config_files_parse_and_validate(name):
-    from trainer.config_io import load_config
+    from trainer.run.config import load_config
     cfg = load_config(EncoderTrainConfig, ROOT / "launch/configs" / name)
     assert cfg.optim.n_iters >= 1 and cfg.loader.data
     if name.startswith("restyle"):  # ReStyle's published settings
@@ -269,7 +269,7 @@ def test_eval_encoder_reports_every_metric_per_pass(files, tmp_path, capsys):
         assert {"l2", "lpips", "id_similarity", "ms_ssim"} <= set(row)
         assert 0 <= row["ms_ssim"] <= 1 and -1 <= row["id_similarity"] <= 1 and row["lpips"] >= 0
     # L2 of pass 1 by hand over the same ten images.
-    from trainer.encoder_data import ImageSource
+    from trainer.encoder.data import ImageSource
     x = torch.cat([b for _, b in ImageSource(str(files["gen_images"]), 32, 10, 10).batches()])
     y = net.eval().invert(x, 1)[0].image.clamp(-1, 1)
     assert report["passes"][0]["l2"] == pytest.approx(float((y - x).square().mean()), rel=1e-5)

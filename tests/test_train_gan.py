@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from data_fixtures import face_shards
 from run_fixtures import assert_same_final_state, flat_checkpoint, latest_ckpt, stats, torchrun
+
 from launch import train_gan as cli
-from trainer.config_io import field_docs
-from trainer.gan_config import GANConfig
-from trainer.gan_setup import generator_frozen_names
+from trainer.gan.config import GANConfig
+from trainer.gan.setup import generator_frozen_names
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from trainer.run.config import field_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(style_dim=32, n_mlp=2, channel_multiplier=0.0625, channel_max=32)

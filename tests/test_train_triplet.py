@@ -16,7 +16,7 @@ from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.irse import IRSEBackbone
 from trainer.networks.swap import param_resolution
 from trainer.networks.weights import PUBLIC
-from trainer.train_triplet import triplet_loss
+from trainer.triplet.loop import triplet_loss
 
 TINY_G = dict(style_dim=16, n_mlp=2, channel_multiplier=0.0625, channel_max=32)
 

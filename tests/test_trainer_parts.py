@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from trainer import gan_setup as setup
-from trainer.config_io import ConfigError, help_text, load_config
-from trainer.gan_config import GANConfig
-from trainer.gan_state import check_resume_compatible
-from trainer.loss_scale import DynamicLossScale
-from trainer.meters import Meters
+from trainer.gan import setup
+from trainer.gan.config import GANConfig
+from trainer.gan.state import check_resume_compatible
 from trainer.networks import Generator, GeneratorConfig
+from trainer.run.config import ConfigError, help_text, load_config
+from trainer.run.loss_scale import DynamicLossScale
+from trainer.run.meters import Meters
 
 
 def test_config_file_then_overrides_with_yaml_values(tmp_path):
@@ -95,7 +95,7 @@ def test_meters_mean_per_element_and_clear():
 
 def test_resume_refuses_a_changed_frozen_set():
     base = load_config(GANConfig, None, ["loader.data=/x"])
-    from trainer.config_io import to_dict
+    from trainer.run.config import to_dict
     meta = {"config": to_dict(base)}
     assert check_resume_compatible(meta, to_dict(load_config(GANConfig, None, ["loader.data=/x", "loss.r1_gamma=3"]))) \
         == ["loss.r1_gamma"]

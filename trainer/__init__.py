@@ -1,2 +1,2 @@
-"""Single-device model code, losses and the training loops with their shared
-distributed, checkpointing, configuration and logging parts."""
+"""Single-device model code (``networks``, ``model_io``), one sub-package per training loop
+(``gan``, ``encoder``, ``triplet``) and the run machinery they share (``run``)."""

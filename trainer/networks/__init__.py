@@ -20,9 +20,9 @@ which imports this package):
 from .discriminator import Discriminator, DiscriminatorConfig
 from .generator import Generator, GeneratorConfig, GeneratorOutput
 from .stylespace import StyleLayer, style_layers, synthesize, ws_to_styles
-from .swap import blend, layer_swap
+from .swap import blend, g_swap, layer_swap
 
 __all__ = [
     "Discriminator", "DiscriminatorConfig", "Generator", "GeneratorConfig", "GeneratorOutput",
-    "StyleLayer", "blend", "layer_swap", "style_layers", "synthesize", "ws_to_styles",
+    "StyleLayer", "blend", "g_swap", "layer_swap", "style_layers", "synthesize", "ws_to_styles",
 ]

@@ -77,3 +77,12 @@ def blend(base: Generator, target: Generator, resolution: int = 32,
 def layer_swap(base: Generator, target: Generator, resolution: int = 32) -> Generator:
     """Mapping and layers below ``resolution`` from ``base``, the rest from ``target``."""
     return blend(base, target, resolution, None)
+
+
+def g_swap(g_source: Generator, g_target: Generator, resolution: int = 32) -> Generator:
+    """G_swap: mapping, ``w_avg`` and layers below ``resolution`` from the source
+    (FFHQ) generator, the rest from the fine-tuned target; frozen, in eval mode."""
+    G = layer_swap(g_source, g_target, resolution)
+    G.eval()
+    G.requires_grad_(False)
+    return G

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.model_io.safe_pickle import torch_load
 from trainer.model_io.errors import CheckpointError
+from trainer.model_io.safe_pickle import torch_load
 
 
 class WeightsError(CheckpointError):

@@ -1,0 +1,129 @@
+"""ReStyle's checkpoint format: ``{"state_dict": {encoder.*, decoder.*}, "opts": {...}, "latent_avg"}``.
+
+ReStyle's ``psp.load_weights`` reads ``encoder.*`` and ``decoder.*`` (rosinality
+generator keys) with strict loading and ``latent_avg`` as [n_styles, 512];
+``opts["encoder_type"]`` names the body and ``opts["output_size"]`` the
+generator resolution. Exports add ``opts["toonmix_encoder"]`` (the full
+architecture, for narrow test-size encoders) and ReStyle's own option names
+for what this system trained, so ReStyle's scripts can read the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from trainer.model_io import CheckpointError
+from trainer.model_io.build import build_generator, generator_config
+from trainer.model_io.safe_pickle import torch_load
+from trainer.networks.encoders import RESTYLE_TYPES, Encoder, EncoderConfig
+from trainer.networks.restyle import ReStyle
+from trainer.networks.weights import load_into
+
+BACKBONES = {v: k for k, v in RESTYLE_TYPES.items()}
+
+
+def restyle_dict(net: ReStyle, opts: dict | None = None) -> dict:
+    """The dict ReStyle's ``torch.load`` expects (plain Python values and tensors only)."""
+    enc = net.encoder.cfg
+    sd = {f"encoder.{k}": v.detach().cpu().clone() for k, v in net.encoder.state_dict().items()}
+    sd.update({f"decoder.{k}": v.detach().cpu().clone() for k, v in net.decoder.state_dict().items() if k != "w_avg"})
+    # dataset_type and device: ReStyle's inference scripts read them from the checkpoint's opts
+    # ("ffhq_encode": resize to 256 and normalise, right for faces and cartoons alike).
+    base = {"encoder_type": RESTYLE_TYPES[enc.backbone], "input_nc": enc.input_nc, "output_size": net.decoder.size,
+            "start_from_latent_avg": True, "dataset_type": "ffhq_encode", "device": "cuda:0",
+            "toonmix_encoder": enc.to_dict(),
+            "toonmix_decoder": net.decoder.cfg.to_dict()}
+    return {"state_dict": sd, "opts": {**base, **(opts or {})}, "latent_avg": net.latent_avg.detach().cpu().clone()}
+
+
+def save_restyle(path: str | Path, net: ReStyle, opts: dict | None = None) -> Path:
+    """Writes ``restyle_dict`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(restyle_dict(net, opts), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def encoder_config(opts: dict, sd: dict[str, torch.Tensor], path: str | Path) -> EncoderConfig:
+    """The encoder architecture a ReStyle checkpoint holds (ours record it; ReStyle's imply it)."""
+    if isinstance(opts.get("toonmix_encoder"), dict):
+        return EncoderConfig(**opts["toonmix_encoder"])
+    kind = opts.get("encoder_type")
+    if kind not in BACKBONES:
+        raise CheckpointError(f"{path}: encoder_type {kind!r} is not a ReStyle-pSp encoder "
+                              f"(supported: {sorted(BACKBONES)}; e4e-style encoders are not)")
+    style = sd.get("encoder.styles.0.linear.weight")
+    n_styles = len({k.split(".")[2] for k in sd if k.startswith("encoder.styles.")})
+    if style is None or not n_styles:
+        raise CheckpointError(f"{path}: no encoder.styles.* weights")
+    return EncoderConfig(backbone=BACKBONES[kind], n_styles=n_styles, style_dim=style.shape[0],
+                         input_nc=int(opts.get("input_nc", 6)))
+
+
+def load_restyle(path: str | Path) -> tuple[ReStyle, dict]:
+    """A ReStyle network (encoder, decoder, latent_avg) and the file's opts."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such encoder checkpoint")
+    obj = torch_load(path)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise CheckpointError(f"{path}: not a ReStyle checkpoint (expected state_dict, opts, latent_avg; "
+                              f"found {list(obj)[:6] if isinstance(obj, dict) else type(obj).__name__})")
+    opts = obj.get("opts") or {}
+    opts = vars(opts) if isinstance(opts, argparse.Namespace) else dict(opts)
+    sd = obj["state_dict"]
+    enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    dec_sd = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
+    if not dec_sd:
+        raise CheckpointError(f"{path}: holds no decoder.* weights")
+    latent_avg = obj.get("latent_avg")
+    if latent_avg is None:
+        raise CheckpointError(f"{path}: holds no latent_avg (ReStyle starts every inversion from it)")
+    enc = Encoder(encoder_config(opts, sd, path))
+    load_into(enc, enc_sd, "the encoder", path)
+    known = opts.get("toonmix_decoder") or {}
+    G = build_generator(dec_sd, generator_config(dec_sd, **known), f"{path} [decoder]",
+                        latent_avg.reshape(-1, latent_avg.shape[-1])[0])
+    if int(opts.get("output_size", G.size)) != G.size:
+        raise CheckpointError(f"{path}: opts.output_size {opts['output_size']} but the decoder is {G.size}px")
+    try:
+        net = ReStyle(enc, G, latent_avg.float())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    return net.eval(), opts
+
+
+def load_encoder(spec: str | Path) -> ReStyle:
+    """A trained encoder from a ReStyle-format file or one of our training checkpoints
+    (a ``ckpt-*`` folder, or ``<checkpoints>/latest``); single process, CPU, eval mode."""
+    from trainer.networks import Generator, GeneratorConfig
+    from trainer.run.checkpoint import CheckpointManager
+    from trainer.run.start import read_meta
+
+    spec = str(spec).rstrip("/")
+    if Path(spec).is_file():
+        return load_restyle(spec)[0]
+    if not Path(spec).exists() and not spec.endswith("latest") and "://" not in spec:
+        raise CheckpointError(f"{spec}: no such encoder; expected encoder-restyle.pt from `launch.train_encoder`, "
+                              "ReStyle's own .pt, or a training checkpoint folder (ckpt-* or <checkpoints>/latest)")
+    root = spec[: -len("latest")].rstrip("/") or "." if spec.endswith("latest") else spec.rpartition("/")[0] or "."
+    manager = CheckpointManager(root)
+    path = manager.resolve("latest" if spec.endswith("latest") else spec)
+    meta = read_meta(path, ("config", "g_config", "enc_config"))
+    G = Generator(GeneratorConfig(**meta["g_config"]))
+    net = ReStyle(Encoder(EncoderConfig(**meta["enc_config"])), G, torch.zeros(G.n_latent, G.style_dim))
+    manager.load(path, {"net": net})  # avg_image and latent_avg included
+    net.decoder.w_avg.copy_(net.latent_avg[0])
+    return net.eval()

@@ -1,0 +1,136 @@
+"""The process group as the trainers see it: rank, device, gradient all-reduce, seeding.
+
+``accelerate launch`` (or torchrun) starts the processes; ``accelerate``'s
+``PartialState`` joins the process group (NCCL on GPUs, gloo with
+``ACCELERATE_USE_CPU=1``). Models are never wrapped in DDP: after each
+backward the trainer averages the gradients of exactly the parameters it
+trains with one flattened all-reduce (as NVlabs does). That keeps frozen
+parameters out of the communication, makes gradient penalties safe (no DDP
+hooks to miss), and makes every rank hold identical weights by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Dist:
+    """Rank, world and collectives; a no-op layer when run as one process."""
+
+    def __init__(self, cpu: bool | None = None):
+        from accelerate import (
+            PartialState,  # only the launch layer knows about accelerate
+        )
+
+        cpu = cpu if cpu is not None else os.environ.get("ACCELERATE_USE_CPU", "0").lower() in ("1", "true")
+        self.state = PartialState(cpu=cpu)
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        self.local_rank = self.state.local_process_index
+        self.device = self.state.device
+        self.is_main = self.state.is_main_process
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1 and dist.is_available() and dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """In-place mean over ranks (float tensors)."""
+        if self.distributed:
+            dist.all_reduce(t)
+            t /= self.world
+        return t
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` in rank order on the main process, None elsewhere (one copy
+        of large results, e.g. evaluation features, instead of one per rank)."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    @torch.no_grad()
+    def broadcast_module(self, module: nn.Module, src: int = 0) -> None:
+        """Copies rank ``src``'s parameters and buffers to every rank (identical starts)."""
+        if self.distributed:
+            for t in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(t.data, src=src)
+
+    @torch.no_grad()
+    def average_gradients(self, params: list[nn.Parameter]) -> bool:
+        """Averages the gradients of ``params`` over ranks in one flat all-reduce.
+
+        A parameter without a gradient this step contributes zeros, so every
+        rank reduces the same layout. Returns True when every averaged value
+        is finite (the same answer on every rank, since the result is shared).
+        """
+        if not params:
+            return True
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        self.all_reduce_mean(flat)
+        finite = bool(torch.isfinite(flat).all())
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad = g.reshape(p.shape).to(p.dtype)
+        return finite
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is True on any."""
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.all_reduce_sum(t).item() > 0)
+
+    def max_memory_gib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        return 0.0
+
+
+def seed_rank(seed: int, rank: int, nimg: int = 0) -> None:
+    """Seeds the global torch RNG (CPU and CUDA) from (seed, rank, images seen): distinct
+    streams per rank, and a fresh but reproducible one when a run resumes at another
+    world size."""
+    g = torch.Generator().manual_seed(seed)
+    mixed = int(torch.randint(2**31, (1,), generator=g)) ^ (rank * 1_000_003) ^ (nimg * 7919)
+    torch.manual_seed(mixed % 2**63)
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's torch RNG states (CPU and its current CUDA device)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device only
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,1 @@
+"""Triplet fine-tuning of a blended generator: configuration and the loop (``loop``)."""
