@@ -3,13 +3,17 @@
 Training. Each (rank, worker) pair is a *slot* with its own endless stream,
 a pure function of (seed, slot, number of slots, position), so no rank ever
 waits for another and every rank yields as many batches as it is asked for.
-A slot's stream is a sequence of *blocks*: block j reads ``shards_per_block``
-shards (slot g's q-th shard is position q*S+g of a seeded permutation of all
-shards, a fresh permutation per round), interleaves their members at random
-and passes them through a shuffle buffer that is drained at the end of the
-block. Blocks are independent, so the stream is resumable from (block, offset):
-resuming re-reads at most one block's bytes without decoding them, and yields
-exactly the batches an uninterrupted run would have yielded next.
+A slot's stream is a sequence of *blocks*. Every round is a fresh seeded
+permutation of all shards cut into ceil(n / shards_per_block) blocks of
+near-equal size, dealt to the slots in turn: a block never holds one shard
+twice, and each shard is in exactly one block per round. Within a block the
+samples of all its shards come in one seeded random permutation, read by
+byte offset from an index of the tar headers, so the stream is well mixed
+even when a shard was written in label order (``pipe:`` shards, which can
+only be streamed, are interleaved through a shuffle buffer instead). Blocks
+are independent, so the stream is resumable from (block, offset): resuming
+re-reads one block's tar headers and yields exactly the batches an
+uninterrupted run would have yielded next.
 
 Evaluation. Samples are numbered in manifest order; rank r takes the
 contiguous range [r*N/W, (r+1)*N/W), its workers split that range, and every
@@ -26,7 +30,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,11 +42,12 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .errors import DataError
 from .images import decode_array
-from .remote import check_url, join, open_url, read_json
+from .remote import check_url, is_pipe, join, open_url, read_json
+from .tar_access import PERMANENT, TarReader, skip
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
-# Errors that come from the bytes of a shard (or its absence), not from the way to it.
-_PERMANENT = (tarfile.TarError, EOFError, ValueError, FileNotFoundError, DataError)
+# Version of the block layout: positions saved under another one mean other samples.
+STREAM_VERSION = 2
 
 
 @dataclass
@@ -61,9 +65,11 @@ class LoaderConfig:
     xflip: bool = False
     """Mirror each training image with probability 0.5 (never in evaluation)."""
     shuffle_buffer: int = 256
-    """Undecoded samples held per worker for shuffling (memory: this x the mean sample size)."""
+    """Only for ``pipe:`` shards (streamed, not seekable): undecoded samples held per worker for
+    shuffling. Seekable shards are read in a random order of the whole block instead."""
     shards_per_block: int = 4
-    """Shards read at once and interleaved by a worker; also bounds the re-read on resume."""
+    """Most shards mixed by a worker at once (never one shard twice; all of them, once each, when
+    there are fewer); a resume re-reads this many shards' tar headers."""
     epoch_samples: int | None = None
     """If set, one ``iter()`` yields ceil(epoch_samples / (world * batch)) batches on every rank."""
     allow_pipe: bool = False
@@ -137,10 +143,22 @@ def _round_permutation(seed: int, round_: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, round_, n]).permutation(n)
 
 
-def shard_at(seed: int, slot: int, slots: int, n: int, q: int) -> int:
-    """The q-th shard of a slot: every shard once per round across all slots."""
-    round_, i = divmod(q * slots + slot, n)
-    return int(_round_permutation(seed, round_, n)[i])
+def blocks_per_round(n: int, per_block: int) -> int:
+    return -(-n // min(per_block, n))
+
+
+def block_shards(seed: int, slot: int, slots: int, n: int, per_block: int, j: int) -> list[int]:
+    """The shards of a slot's block j: distinct, at most ``per_block``, each shard in one block per round.
+
+    Global block b = j * slots + slot is block b % m of round b // m, where a round
+    is a seeded permutation of the n shards cut into m = ceil(n / per_block)
+    contiguous slices of near-equal size. (Numbering shard positions across round
+    boundaries, as before, put one shard twice in a block whenever a block spanned
+    two rounds, and four times when there was one shard.)
+    """
+    m = blocks_per_round(n, per_block)
+    round_, i = divmod(j * slots + slot, m)
+    return [int(s) for s in _round_permutation(seed, round_, n)[i * n // m:(i + 1) * n // m]]
 
 
 def eval_range(n: int, batch_size: int, part: int, parts: int) -> tuple[int, int]:
@@ -158,6 +176,9 @@ class _Stream(IterableDataset):
         super().__init__()
         self.shards, self.cfg, self.rank, self.world, self.mode = shards, cfg, rank, world, mode
         self.seed, self.positions, self.rotation, self.skipped = seed, positions, rotation, skipped
+        self.seekable = not any(is_pipe(u) for u in shards.urls)  # pipe: shards can only be streamed
+        # Random access to seekable shards by byte range (datasets/tar_access.py); cached per worker process.
+        self.reader = TarReader(shards.urls, shards.counts, cfg.read_retries, cfg.read_backoff_s, rank)
 
     # -- shared pieces
     def _members(self, shard: int, skipped: Counter) -> Iterator[dict]:
@@ -172,25 +193,21 @@ class _Stream(IterableDataset):
                             n = m + 1
                             yield sample
                 break
-            except _PERMANENT as e:  # the bytes themselves are bad: reading again gives the same
-                self._skip(skipped, "bad_shard", f"{url} after {n} samples: {type(e).__name__}: {e}")
+            except PERMANENT as e:  # the bytes themselves are bad: reading again gives the same
+                skip(skipped, self.rank, "bad_shard", f"{url} after {n} samples: {type(e).__name__}: {e}")
                 return
             except Exception as e:  # noqa: BLE001 - object-store hiccups; any fsspec backend's errors
                 if attempt == self.cfg.read_retries:
-                    self._skip(skipped, "bad_shard", f"{url} after {n} samples and {attempt} retries: "
-                                                     f"{type(e).__name__}: {e}")
+                    skip(skipped, self.rank, "bad_shard", f"{url} after {n} samples and {attempt} retries: "
+                                                          f"{type(e).__name__}: {e}")
                     return
                 print(f"[data] rank {self.rank}: reading {url} failed after {n} samples "
                       f"({type(e).__name__}: {e}); retry {attempt + 1}", file=sys.stderr, flush=True)
                 time.sleep(self.cfg.read_backoff_s * 2 ** attempt)
         if n < self.shards.counts[shard]:
             # A tar cut at a member boundary reads as a shorter, valid archive.
-            self._skip(skipped, "short_shard", f"{url}: {n} samples, the manifest says "
-                                               f"{self.shards.counts[shard]} (truncated?)")
-
-    def _skip(self, skipped: Counter, reason: str, detail: str) -> None:
-        skipped[reason] += 1
-        print(f"[data] rank {self.rank}: skipping the rest of {detail}", file=sys.stderr, flush=True)
+            skip(skipped, self.rank, "short_shard", f"{url}: {n} samples, the manifest says "
+                                                    f"{self.shards.counts[shard]} (truncated?)")
 
     def _decode(self, raw: dict, skipped: Counter) -> tuple[np.ndarray, int] | None:
         data = next((raw[k] for k in IMAGE_KEYS if k in raw), None)
@@ -222,46 +239,53 @@ class _Stream(IterableDataset):
         imgs = torch.from_numpy(out)
         return {"images": imgs, "labels": torch.tensor([s[1] for s in samples], dtype=torch.int64), **meta}
 
-    # -- training
-    def _block(self, slot: int, slots: int, j: int, skipped: Counter) -> Iterator[dict]:
-        k, n = self.cfg.shards_per_block, len(self.shards.urls)
-        active = [self._members(shard_at(self.seed, slot, slots, n, j * k + i), skipped) for i in range(k)]
-        rng = np.random.default_rng([self.seed, slot, slots, j])
+    # -- training (seekable shards: self.reader.block; why random access: datasets/tar_access.py)
+    def _stream_block(self, shards: list[int], rng: np.random.Generator, done: int,
+                      skipped: Counter) -> Iterator[tuple[int, dict | None]]:
+        """Streamed shards: members interleaved at random through the shuffle buffer."""
+        active = [self._members(shard, skipped) for shard in shards]
         buf: list = []
-        while active:
-            a = int(rng.integers(len(active)))
-            try:
-                sample = next(active[a])
-            except StopIteration:
-                active.pop(a)
-                continue
-            if len(buf) < self.cfg.shuffle_buffer:
-                buf.append(sample)
-                continue
-            if not buf:  # shuffle_buffer 0: interleaving only
+
+        def mixed() -> Iterator[dict]:
+            while active:
+                a = int(rng.integers(len(active)))
+                try:
+                    sample = next(active[a])
+                except StopIteration:
+                    active.pop(a)
+                    continue
+                if len(buf) < self.cfg.shuffle_buffer:
+                    buf.append(sample)
+                    continue
+                if not buf:  # shuffle_buffer 0: interleaving only
+                    yield sample
+                    continue
+                i = int(rng.integers(len(buf)))
+                buf[i], sample = sample, buf[i]
                 yield sample
-                continue
-            i = int(rng.integers(len(buf)))
-            buf[i], sample = sample, buf[i]
-            yield sample
-        for i in rng.permutation(len(buf)):
-            yield buf[i]
+            for i in rng.permutation(len(buf)):
+                yield buf[i]
+
+        for pos, raw in enumerate(mixed(), start=1):
+            if pos > done:  # resume: what was already given is read again, not decoded
+                yield pos, raw
 
     def _train(self, logical: int, nworkers: int) -> Iterator[dict]:
         slots, slot = self.world * nworkers, self.rank * nworkers + logical
+        n, k = len(self.shards.urls), self.cfg.shards_per_block
         j, done = self.positions[logical]
         skipped = Counter(self.skipped[logical])
+        block = self.reader.block if self.seekable else self._stream_block
         batch: list = []
         barren = 0  # consecutive blocks that gave no usable sample
         while True:
             flips = np.random.default_rng([self.seed, slot, slots, j, 1])
-            barren += 1
-            for pos, raw in enumerate(self._block(slot, slots, j, skipped), start=1):
-                flip = flips.random() < 0.5  # drawn for every member: resume sees the same draws
-                if pos <= done:
-                    barren = 0
-                    continue
-                sample = self._decode(raw, skipped)
+            flips.random(done)  # one draw per position: a resume skips the draws of those consumed
+            barren = 0 if done else barren + 1
+            rng = np.random.default_rng([self.seed, slot, slots, j])
+            for pos, raw in block(block_shards(self.seed, slot, slots, n, k, j), rng, done, skipped):
+                flip = flips.random() < 0.5
+                sample = None if raw is None else self._decode(raw, skipped)
                 if sample is None:
                     continue
                 barren = 0
@@ -271,11 +295,11 @@ class _Stream(IterableDataset):
                 if len(batch) == self.cfg.batch_size:
                     yield self._collate(batch, worker=logical, pos=(j, pos), skipped=dict(skipped))
                     batch = []
-            if barren * self.cfg.shards_per_block >= 2 * len(self.shards.urls):
+            if barren >= 2 * blocks_per_round(n, k):
                 # Every shard visited (twice over) without one readable sample: spinning
                 # would hang this rank, and the others at their next collective.
-                raise DataError(f"rank {self.rank}: no readable sample in {barren} blocks of "
-                                f"{self.cfg.shards_per_block} shards; skipped so far: {dict(skipped)}")
+                raise DataError(f"rank {self.rank}: no readable sample in {barren} blocks of up to "
+                                f"{k} shards; skipped so far: {dict(skipped)}")
             j, done = j + 1, 0
 
     # -- evaluation
@@ -395,7 +419,8 @@ class ShardLoader:
         """Everything the meaning of a saved (block, offset) position depends on."""
         return {"seed": self.cfg.seed, "world": self.world, "rank": self.rank, "workers": self.nworkers,
                 "batch_size": self.cfg.batch_size, "shards_per_block": self.cfg.shards_per_block,
-                "shuffle_buffer": self.cfg.shuffle_buffer, "shards": [len(self.shards.urls), self.shards.total]}
+                "shuffle_buffer": self.cfg.shuffle_buffer, "shards": [len(self.shards.urls), self.shards.total],
+                "stream": STREAM_VERSION}
 
     def state_dict(self) -> dict:
         return {**self._geometry(), "stream_seed": self.stream_seed, "batches": self.batches,
@@ -403,7 +428,10 @@ class ShardLoader:
                 "skipped": [dict(s) for s in self.skipped]}
 
     def load_state_dict(self, state: dict) -> None:
-        same = all(state.get(k) == v for k, v in self._geometry().items())
+        # A state saved before "stream" existed (layout 1: shards numbered across round
+        # boundaries, a 256-sample buffer) reads as another geometry: its (block, offset)
+        # names other samples now, so it continues as a new stream after the samples consumed.
+        same = all(state.get(k, 1 if k == "stream" else None) == v for k, v in self._geometry().items())
         self.skipped = [dict(s) for s in state["skipped"]] if same else self.skipped
         if same:
             self.stream_seed, self.batches = int(state["stream_seed"]), int(state["batches"])

@@ -1,11 +1,13 @@
 """Writing ``Item``s into webdataset tar shards with a manifest, resumably.
 
 Items are processed (read, decoded, cropped or aligned, resized, encoded) by a
-pool of processes in a fixed order; the parent removes exact duplicates and
-writes shards. Each shard is written under a temporary name and renamed when
-complete, then a record in ``_progress/`` holds everything up to that shard, so an
-interrupted run continues from the last complete shard: no duplicates, no
-half-written shard, and byte-identical output to an uninterrupted run.
+pool of processes in a fixed order (``shuffle_items`` makes it a seeded shuffle
+of the listing, which ``launch.make_shards`` does by default); the parent
+removes exact duplicates and writes shards. Each shard is written under a
+temporary name and renamed when complete, then a record in ``_progress/`` holds
+everything up to that shard, so an interrupted run continues from the last
+complete shard: no duplicates, no half-written shard, and byte-identical output
+to an uninterrupted run.
 
 A sample is ``{key}.png|jpg`` (the image), ``{key}.cls`` (index into the
 manifest's ``labels``, -1 when unlabelled) and ``{key}.json`` (source, label).
@@ -28,7 +30,7 @@ from . import images
 from .errors import DataError
 from .process import WriterConfig, run_items
 from .remote import exists, fs_and_path, join, read_json, write_json
-from .sources import Listing, labels_of
+from .sources import Item, Listing, labels_of
 
 MANIFEST = "manifest.json"
 PROGRESS = "_progress"  # one record per complete shard: appending, never rewriting
@@ -36,7 +38,32 @@ FORMAT = "toonmix.shards"
 VERSION = 1
 
 
-def _job_key(cfg: WriterConfig, listing: Listing) -> str:
+def shuffle_items(listing: Listing, seed: int = 0) -> Listing:
+    """The listing's items in a seeded order, so that each label is spread over all the shards.
+
+    Listings follow the paths, so per-character folders come one character after
+    another, and shards written in that order hold one or two characters each. The
+    order sorts on a hash of (seed, item): a pure function of the items and the seed
+    (a resumed run gets the same order, whatever numpy's generators do), and the
+    description records it, so a shuffled and an unshuffled run are different jobs.
+    """
+    def key(it: Item) -> bytes:
+        return hashlib.sha256(json.dumps([seed, it.source, it.ref, it.label, it.crop]).encode()).digest()
+
+    return Listing(sorted(listing.items, key=key), list(listing.rejects),
+                   {**listing.description, "order": "shuffled", "order_seed": seed})
+
+
+def job_in(out: str) -> str | None:
+    """The job of the complete or interrupted output in ``out``, if there is one."""
+    if exists(join(out, MANIFEST)):
+        return read_json(join(out, MANIFEST)).get("job")
+    fs, base = fs_and_path(out)
+    records = sorted(fs.glob(f"{base.rstrip('/')}/{PROGRESS}/*.json"))
+    return json.loads(fs.cat_file(records[0])).get("job") if records else None
+
+
+def job_key(cfg: WriterConfig, listing: Listing) -> str:
     """Identifies the output: equal keys mean a rerun may resume or skip."""
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("out", "workers")}
     h = hashlib.sha256(json.dumps([conf, listing.description], sort_keys=True).encode())
@@ -151,7 +178,7 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
     """Writes (or resumes, or finds complete) the shards of ``listing``; returns the manifest."""
     if cfg.encoding not in images.ENCODINGS:
         raise DataError(f"encoding must be one of {images.ENCODINGS}, got {cfg.encoding!r}")
-    job = _job_key(cfg, listing)
+    job = job_key(cfg, listing)
     if exists(join(cfg.out, MANIFEST)):
         manifest = read_json(join(cfg.out, MANIFEST))
         if manifest.get("job") == job:

@@ -12,6 +12,10 @@
     # a rosinality prepare_data.py LMDB
     python -m launch.make_shards --kind lmdb --input ffhq_lmdb/ --out shards/ffhq
 
+Inputs are written in a seeded shuffled order (--order-seed), so that one
+character's images are spread over all the shards rather than filling one or
+two of them; --keep-order writes them in listing (path) order instead.
+
 Rerunning the same command resumes an interrupted run (or reports that the
 output is complete). Rejected inputs never stop the run: they are listed in
 the manifest with their reasons, and a summary is printed as the last line
@@ -27,7 +31,7 @@ import sys
 
 from datasets.errors import DataError
 from datasets.faces import read_landmarks
-from datasets.shards import WriterConfig, write_shards
+from datasets.shards import WriterConfig, job_in, job_key, shuffle_items, write_shards
 from datasets.sources import LABEL_RULES, Listing, box_items, face_items, folder_items, lmdb_items
 
 
@@ -56,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16), help="processes (0: inline)")
     p.add_argument("--upscaler", help="module:function(img, size) -> img, for crops smaller than --size")
     p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    p.add_argument("--keep-order", action="store_true",
+                   help="write inputs in listing (path) order, e.g. to resume or recognise an output written "
+                        "before shuffling was the default; by default they are shuffled (seeded) so that each "
+                        "character is spread over all the shards")
+    p.add_argument("--order-seed", type=int, default=0, help="seed of the input shuffle (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -82,13 +91,18 @@ def main(argv: list[str] | None = None) -> int:
                        jpeg_quality=args.jpeg_quality, shard_samples=args.shard_samples,
                        shard_bytes=int(args.shard_bytes), min_size=args.min_size, max_pixels=args.max_pixels,
                        workers=args.workers, upscaler=args.upscaler, dedup=not args.no_dedup)
+    listing = None
     try:
         listing = make_listing(args)
         print(f"[shards] {len(listing.items)} inputs from {args.input} ({args.kind}); "
               f"{len(listing.rejects)} refused while listing", file=sys.stderr)
-        m = write_shards(listing, cfg, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+        ordered = listing if args.keep_order else shuffle_items(listing, args.order_seed)
+        m = write_shards(ordered, cfg, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if listing is not None and not args.keep_order and job_in(args.out) == job_key(cfg, listing):
+            print("  (that output holds these inputs in listing order, as make_shards wrote them before it "
+                  "shuffled by default: add --keep-order to resume or keep it)", file=sys.stderr)
         return 2
     print(json.dumps({"out": args.out, "samples": m["num_samples"], "shards": len(m["shards"]),
                       "rejected": m["rejected_counts"], "duplicates": m["num_duplicates"],

@@ -19,8 +19,9 @@ from datasets import shards as shards_mod
 from datasets.errors import DataError
 from datasets.faces import read_landmarks
 from datasets.lmdb_io import write_rosinality_lmdb
-from datasets.shards import WriterConfig, write_shards
+from datasets.shards import WriterConfig, shuffle_items, write_shards
 from datasets.sources import box_items, face_items, folder_items, lmdb_items
+from launch import make_shards as make_shards_cli
 from tests.data_fixtures import bad_files, face, jpeg_bytes, odd_modes, png_bytes, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,8 +238,12 @@ def test_jpeg_encoding_size_limits_and_upscaler_hook(char_folder, tmp_path):
     assert img.shape == (128, 128, 3) and img[0, 0, 0] > 200 and img[0, 0, 1] < 60  # the hook's marker
 
 
-def test_interrupted_write_resumes_to_identical_output(char_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_interrupted_write_resumes_to_identical_output(char_folder, tmp_path, monkeypatch, shuffled):
     listing = folder_items(str(char_folder), "subfolder")
+    if shuffled:  # the order is recomputed by the rerun: it must come out the same
+        listing = shuffle_items(folder_items(str(char_folder), "subfolder"), 3)
+        assert listing.items != folder_items(str(char_folder), "subfolder").items
     reference = write_shards(listing, cfg(tmp_path / "ref"), progress=False)
     calls = {"n": 0}
     real_add = shards_mod.ShardSink.add
@@ -353,3 +358,55 @@ def test_bom_and_quoted_newlines_keep_csv_line_numbers(tmp_path):
     listing = box_items(str(root), str(path), "title")
     malformed = [r["source"].rsplit(":", 1)[1] for r in listing.rejects if r["reason"] == "malformed_row"]
     assert malformed == ["4"]  # the header is recognised despite the BOM; the row after the quoted newline is line 4
+
+
+def per_shard_labels(m: dict) -> list[set]:
+    shards: list[set] = [set() for _ in m["shards"]]
+    for rec in m["samples"]:
+        shards[rec["shard"]].add(rec["label"])
+    return shards
+
+
+@pytest.fixture()
+def four_characters(tmp_path) -> Path:
+    root = tmp_path / "four"
+    for c in range(4):
+        for i in range(8):
+            face(700 + 10 * c + i, 16).save(write(root / f"char{c}" / f"{i}.png", b""))
+    return root
+
+
+def shard_cli(src: Path, out: Path, *extra: str) -> int:
+    return make_shards_cli.main(["--kind", "folder", "--input", str(src), "--labels", "subfolder", "--out", str(out),
+                                 "--size", "16", "--min-size", "16", "--shard-samples", "8", "--workers", "0",
+                                 "--quiet", *extra])
+
+
+def test_make_shards_spreads_each_character_over_the_shards_unless_told_to_keep_order(four_characters, tmp_path):
+    assert shard_cli(four_characters, tmp_path / "mixed") == 0
+    mixed = json.loads((tmp_path / "mixed" / "manifest.json").read_text())
+    assert len(mixed["shards"]) == 4 and mixed["label_counts"] == {f"char{c}": 8 for c in range(4)}
+    assert all(len(labels) >= 3 for labels in per_shard_labels(mixed))  # in path order: one label each
+    assert mixed["sources"][0]["order"] == "shuffled" and mixed["sources"][0]["order_seed"] == 0
+    assert shard_cli(four_characters, tmp_path / "again") == 0  # the order is a function of inputs and seed
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text())["samples"] == mixed["samples"]
+    assert shard_cli(four_characters, tmp_path / "seed1", "--order-seed", "1") == 0
+    assert json.loads((tmp_path / "seed1" / "manifest.json").read_text())["samples"] != mixed["samples"]
+
+    assert shard_cli(four_characters, tmp_path / "kept", "--keep-order") == 0
+    kept = json.loads((tmp_path / "kept" / "manifest.json").read_text())
+    assert per_shard_labels(kept) == [{f"char{c}"} for c in range(4)]
+    sources = [r["source"] for r in kept["samples"]]
+    assert sources == sorted(sources) and "order" not in kept["sources"][0]
+    help_text = make_shards_cli.build_parser().format_help()
+    assert "--keep-order" in help_text and "--order-seed" in help_text
+
+
+def test_an_output_written_in_listing_order_is_recognised(four_characters, tmp_path, capsys):
+    # Made before shuffling was the default (or with --keep-order): the default
+    # command is another job there, and says how to resume or keep that output.
+    assert shard_cli(four_characters, tmp_path / "old", "--keep-order") == 0
+    assert shard_cli(four_characters, tmp_path / "old") == 2
+    assert "add --keep-order" in capsys.readouterr().err
+    assert shard_cli(four_characters, tmp_path / "old", "--keep-order") == 0
+    assert "nothing to do" in capsys.readouterr().err
