@@ -67,7 +67,7 @@ FEATURES = {
     "ada": ["ada.p=0.5", "ada.kimg_pretrained=0.5"],
     "freezed_nvlabs": ["freeze.d=4"],
     "freezed_cartoon": ["freeze.d=2", "freeze.d_convention=cartoon"],
-    "freezeg": ["freeze.g_res=16", "freeze.g_mapping=true"],
+    "freezeg": ["freeze.g_res=16", "freeze.g_mapping=true", "freeze.noise=true"],
     "freezesg_structure": ["freeze.style=3", "freeze.structure_layers=2", "loss.style_mixing=0"],
     "structure_rgb": ["freeze.structure_layers=3", "freeze.structure_target=rgb", "freeze.structure_weight=2"],
     "bf16": ["model.mixed_precision=bf16", "model.num_fp16_res=2"],
@@ -81,7 +81,11 @@ def test_feature_runs_train_and_keep_frozen_weights(feature, shards, init_full, 
     assert run_inprocess(args(shards, run, 4, f"model.init={init_full}", *FEATURES[feature]), monkeypatch) == 0
     init, out = load_checkpoint(init_full), load_checkpoint(run / "network.pt")
     o = {kv.split("=")[0]: kv.split("=")[1] for kv in FEATURES[feature]}
-    g_frozen = set(generator_frozen_names(out.g, int(o.get("freeze.g_res", 0)), o.get("freeze.g_mapping") == "true"))
+    g_frozen = set(generator_frozen_names(out.g, int(o.get("freeze.g_res", 0)), o.get("freeze.g_mapping") == "true",
+                                          o.get("freeze.noise") == "true"))
+    if feature == "freezeg":  # noise strengths stay at the source's values, at every resolution
+        assert {n for n in g_frozen if n.endswith("noise.weight")} == {n for n, _ in out.g.named_parameters()
+                                                                        if n.endswith("noise.weight")}
     d_frozen = set(out.d.freeze_names(int(o.get("freeze.d", 0)), o.get("freeze.d_convention", "nvlabs")))
     for net, ref, frozen in ((out.g, init.g, g_frozen), (out.d, init.d, d_frozen)):
         before, after = dict(ref.named_parameters()), dict(net.named_parameters())

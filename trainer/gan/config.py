@@ -120,6 +120,10 @@ class FreezeConfig:
     Cartoon-StyleGAN2's freezeG=N at size S is g_res = S >> (N - 1)."""
     g_mapping: bool = False
     """Also freeze the mapping network (Cartoon-StyleGAN2's FreezeG does)."""
+    noise: bool = False
+    """Keep every noise-input strength (the learned scale of each layer's per-pixel noise) at its
+    starting value: the source's when fine-tuning, zero from scratch. On a few hundred images D
+    rewards pixel noise and one strength can run away into speckle within a kimg."""
     style: int = 0
     """FreezeSG: the first this many W+ vectors come from the source generator's mapping."""
     structure_layers: int = 0

@@ -70,7 +70,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     G, D, G_ema, G_src = (m.to(device) if m is not None else None for m in (nets.G, nets.D, nets.G_ema, nets.G_src))
     for m in (G, D, G_ema):
         dist.broadcast_module(m)
-    g_frozen = setup.generator_frozen_names(G, cfg.freeze.g_res, cfg.freeze.g_mapping)
+    g_frozen = setup.generator_frozen_names(G, cfg.freeze.g_res, cfg.freeze.g_mapping, cfg.freeze.noise)
     try:
         d_frozen = D.freeze_names(cfg.freeze.d, cfg.freeze.d_convention)
     except ValueError as e:

@@ -98,15 +98,16 @@ def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None
     return Networks(G, D, G_ema, G_src, pretrained)
 
 
-def generator_frozen_names(G: Generator, below_res: int, mapping: bool) -> list[str]:
+def generator_frozen_names(G: Generator, below_res: int, mapping: bool, noise: bool = False) -> list[str]:
     """FreezeG: parameters of layers whose output resolution is below ``below_res``
-    (and of the mapping network when ``mapping``)."""
+    (and of the mapping network when ``mapping``, and every noise strength when ``noise``)."""
     if below_res and (below_res < 4 or below_res > G.size or below_res & (below_res - 1)):
         raise ConfigError(f"freeze.g_res must be 0 or a power of two in 4..{G.size}, got {below_res}")
     out = []
     for name, _ in G.named_parameters():
         res = param_resolution(G, name)
-        if (res is None and mapping) or (res is not None and below_res and res < below_res):
+        if ((res is None and mapping) or (res is not None and below_res and res < below_res)
+                or (noise and name.endswith("noise.weight"))):
             out.append(name)
     return out
 

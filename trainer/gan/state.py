@@ -24,7 +24,7 @@ def check_resume_compatible(meta: dict, cfg_dict: dict) -> list[str]:
     old = meta["config"]
     changed = changed_settings(old, cfg_dict)
     fatal = [k for k in changed if k in ("model.mixed_precision", "freeze.d", "freeze.d_convention",
-                                         "freeze.g_res", "freeze.g_mapping")]
+                                         "freeze.g_res", "freeze.g_mapping", "freeze.noise")]
     source = lambda c: c["freeze"]["style"] > 0 or c["freeze"]["structure_layers"] > 0  # noqa: E731
     if (old["ada"]["mode"] == "noaug") != (cfg_dict["ada"]["mode"] == "noaug"):
         fatal.append("ada.mode (to or from noaug: the augmentation state is part of the checkpoint)")
