@@ -8,6 +8,14 @@ colour and cut, eye colour, face shape, an accessory) and varies per image in
 position, size, expression and background shade, so a look-up table of
 characters has something to learn. Everything is a function of (seed, index):
 rerunning writes identical files.
+
+Each image's face geometry (``Geometry``: centre and size of the face ellipse as
+fractions of the image side) is the first thing drawn from its generator, so it
+is known without drawing the image: ``write_demo_data`` writes it for every file
+to ``labels.json``, and ``eval/probe.py`` measures with it whether a cartoon keeps
+the photo's face position and size. Both domains share one placement rule (centre
+x in [0.38, 0.62], y in [0.42, 0.62], width 0.58 +- 20 %, the face inside the
+frame) so that a photo's geometry is a valid target for its cartoon.
 """
 
 from __future__ import annotations
@@ -27,6 +35,43 @@ VIVID = [(240, 90, 160), (80, 140, 240), (150, 90, 220), (60, 190, 120), (250, 1
          (230, 60, 60), (40, 200, 220)]
 SUPERSAMPLE = 4
 """Shapes are drawn at 4x and reduced with LANCZOS: antialiased edges at any size."""
+CENTRE_X = (0.38, 0.62)
+CENTRE_Y = (0.42, 0.62)
+HALF_WIDTH = (0.23, 0.35)
+"""Face ellipse half-width / side: 0.29 +- 20 %, wide enough to be measured at 32 px."""
+MARGIN = 0.02
+"""The face ellipse stays this far inside the frame (hair may be cut, the face never)."""
+LABELS = "labels.json"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the face ellipse is, as fractions of the image side (the same at any size)."""
+
+    cx: float
+    cy: float
+    width: float
+    """Full width of the face ellipse (hair and ears excluded)."""
+    height: float
+
+
+def _place(rng: np.random.Generator, aspect: float) -> Geometry:
+    half_w = rng.uniform(*HALF_WIDTH)
+    half_h = half_w * aspect
+    # The centre range shrinks for large faces so that the face stays inside the frame.
+    cx = rng.uniform(max(CENTRE_X[0], half_w + MARGIN), min(CENTRE_X[1], 1 - half_w - MARGIN))
+    cy = rng.uniform(max(CENTRE_Y[0], half_h + MARGIN), min(CENTRE_Y[1], 1 - half_h - MARGIN))
+    return Geometry(float(cx), float(cy), float(2 * half_w), float(2 * half_h))
+
+
+def photo_geometry(rng: np.random.Generator) -> Geometry:
+    """The first draws of ``photo_face``: a fresh generator of the same seed gives its face's geometry."""
+    return _place(rng, rng.uniform(1.2, 1.35))
+
+
+def cartoon_geometry(t: Traits, rng: np.random.Generator) -> Geometry:
+    """The first draws of ``cartoon_face`` (the character fixes the aspect)."""
+    return _place(rng, t.aspect)
 
 
 @dataclass(frozen=True)
@@ -70,13 +115,14 @@ def _eyes(d: ImageDraw.ImageDraw, cx: float, cy: float, w: float, h: float, iris
         d.ellipse([ex - r / 2, cy - r * 0.9, ex, cy - r * 0.4], fill=(255, 255, 255))  # highlight
 
 
-def cartoon_face(t: Traits, rng: np.random.Generator, size: int) -> Image.Image:
-    """One image of the character with traits ``t``: flat colours, black outlines, big eyes."""
+def cartoon_face(t: Traits, rng: np.random.Generator, size: int, geometry: Geometry | None = None) -> Image.Image:
+    """One image of the character with traits ``t``: flat colours, black outlines, big eyes.
+    ``geometry`` places the face there instead of where ``rng`` would (a stand-in cartoon of a photo)."""
+    g = geometry or cartoon_geometry(t, rng)  # first: labels are drawn without the image
     shade = rng.uniform(0.85, 1.05)
     img, d, s = _canvas(size, tuple(int(min(255, c * shade)) for c in t.background))
-    cx, cy = s * rng.uniform(0.45, 0.55), s * rng.uniform(0.5, 0.58)
-    fw = s * rng.uniform(0.30, 0.36)
-    fh, ln = fw * t.aspect, max(2, s // 60)
+    cx, cy, fw, fh = g.cx * s, g.cy * s, g.width * s / 2, g.height * s / 2
+    ln = max(2, s // 60)
     if t.cut == 1:  # long hair behind the face
         d.rectangle([cx - fw * 1.25, cy - fh * 0.6, cx + fw * 1.25, cy + fh * 1.1], fill=t.hair, outline=(0, 0, 0), width=ln)
     d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=t.skin, outline=(0, 0, 0), width=ln)
@@ -105,13 +151,12 @@ def cartoon_face(t: Traits, rng: np.random.Generator, size: int) -> Image.Image:
 
 def photo_face(rng: np.random.Generator, size: int) -> Image.Image:
     """A photo-like face: shaded skin, natural colours, textured background, sensor noise."""
+    g = photo_geometry(rng)  # first: labels are drawn without the image
     bg0, bg1 = rng.integers(40, 220, 3), rng.integers(40, 220, 3)
     img, d, s = _canvas(size, (0, 0, 0))
     ramp = np.linspace(0, 1, s)[:, None, None]
     back = (bg0 * (1 - ramp) + bg1 * ramp) * np.ones((1, s, 1))
-    cx, cy = s * rng.uniform(0.45, 0.55), s * rng.uniform(0.5, 0.56)
-    fw = s * rng.uniform(0.27, 0.32)
-    fh = fw * rng.uniform(1.2, 1.35)
+    cx, cy, fw, fh = g.cx * s, g.cy * s, g.width * s / 2, g.height * s / 2
     skin = np.array(SKIN[rng.integers(len(SKIN))], float)
     hair = HAIR[rng.integers(len(HAIR))]
     d.ellipse([cx - fw * 1.15, cy - fh * 1.2, cx + fw * 1.15, cy + fh * 0.4], fill=hair)
@@ -155,26 +200,41 @@ class DemoData:
     """Everything drawn is a function of this seed and the image's index."""
 
 
-def _jobs(cfg: DemoData) -> list[tuple[Path, Callable[[], Image.Image]]]:
+Job = tuple[Path, Callable[[], Image.Image], dict]
+"""(file, how to draw it, its label)."""
+
+
+def _jobs(cfg: DemoData) -> list[Job]:
     root = Path(cfg.out)
-    jobs = []
+    jobs: list[Job] = []
     for split, n, base in (("train", cfg.photos, 0), ("test", cfg.test_photos, 1_000_000)):
         for i in range(n):
-            jobs.append((root / "photos" / split / f"{i:05d}.png",
-                         lambda i=i, base=base: photo_face(np.random.default_rng([cfg.seed, 2, base + i]), cfg.size)))
+            rng = lambda i=i, base=base: np.random.default_rng([cfg.seed, 2, base + i])  # noqa: E731
+            jobs.append((root / "photos" / split / f"{i:05d}.png", lambda rng=rng: photo_face(rng(), cfg.size),
+                         {"domain": "photo", **asdict(photo_geometry(rng()))}))
     for c in range(cfg.characters):
         t = character_traits(cfg.seed, c)
         for i in range(cfg.per_character):
+            rng = lambda c=c, i=i: np.random.default_rng([cfg.seed, 3, c, i])  # noqa: E731
             jobs.append((root / "characters" / f"character{c}" / f"{i:05d}.png",
-                         lambda t=t, c=c, i=i: cartoon_face(t, np.random.default_rng([cfg.seed, 3, c, i]), cfg.size)))
+                         lambda t=t, rng=rng: cartoon_face(t, rng(), cfg.size),
+                         {"domain": "character", "character": c, **asdict(cartoon_geometry(t, rng()))}))
     return jobs
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def write_demo_data(cfg: DemoData, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Draws every image that is not on disk yet (an interrupted run resumes); returns a summary."""
+    """Draws every image that is not on disk yet (an interrupted run resumes), writes
+    labels.json (every file's geometry, computed without drawing) and returns a summary."""
     jobs = _jobs(cfg)
+    root = Path(cfg.out)
     written = 0
-    for k, (path, draw) in enumerate(jobs):
+    for k, (path, draw, _) in enumerate(jobs):
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.png")
@@ -183,6 +243,18 @@ def write_demo_data(cfg: DemoData, progress: Callable[[int, int], None] | None =
             written += 1
         if progress:
             progress(k + 1, len(jobs))
+    labels = {"units": "fractions of the image side; width/height: the face ellipse",
+              "size": cfg.size, "seed": cfg.seed, "characters": [f"character{c}" for c in range(cfg.characters)],
+              "images": {path.relative_to(root).as_posix(): label for path, _, label in jobs}}
+    _write_json(root / LABELS, labels)
     summary = {**asdict(cfg), "images": len(jobs), "written": written}
-    (Path(cfg.out) / "demo_data.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _write_json(root / "demo_data.json", summary)
     return summary
+
+
+def read_labels(root: str | Path) -> dict:
+    """``<root>/labels.json`` as written by ``write_demo_data``; FileNotFoundError names it when missing."""
+    path = Path(root) / LABELS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no labels file (draw the data with launch.make_demo_data)")
+    return json.loads(path.read_text())

@@ -2,7 +2,8 @@
 
 Reads what the stages wrote (metrics/*.json, cartoons/<character>/report.json,
 the GAN and encoder run folders' latest image grids) and never recomputes a
-number. A missing piece is named in the report instead of failing it.
+number; only the probe's pass/fail marks are re-judged against today's
+eval.probe.THRESHOLDS. A missing piece is named in the report instead of failing it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def collect(out: Path, records: dict[str, dict], detector: str) -> dict:
                                    "metrics": r.get("metrics")}
     if cartoons:
         m["cartoonize"] = cartoons
+    probe = _json(out / "metrics" / "probe.json")
+    if probe:
+        from eval.probe import judge
+
+        m["probe"] = {**probe, "checks": judge(probe)}  # today's THRESHOLDS, on the numbers measured then
     return m
 
 
@@ -139,6 +145,51 @@ def _encoder_rows(m: dict) -> list[str]:
     return rows
 
 
+VERDICT = {True: "pass", False: "**FAIL**", None: "not measured"}
+
+
+def _probe_rows(p: dict) -> list[str]:
+    """One row per generator and cartoon method: what the probes recognised and measured."""
+    rows = []
+    for key, what in (("target_g", "fine-tuned G samples"), ("source_g", "source G samples")):
+        r = p.get(key) or {}
+        if r:
+            rows.append(f"| {what} ({r.get('images')}) | - | {_num(r.get('character_share'), 3)} "
+                        f"| {_num(r.get('photo_share'), 3)} | - | - | - |")
+    for method, r in sorted((p.get("cartoons") or {}).items()):
+        if isinstance(r, dict):
+            rows.append(f"| {method} cartoons ({r.get('images')}) | {_num(r.get('requested_share'), 3)} "
+                        f"| {_num(r.get('character_share'), 3)} | {_num(r.get('photo_share'), 3)} "
+                        f"| {_num(r.get('centre_mae_px'), 3)} | {_num(r.get('cx_corr'), 3)} "
+                        f"| {_num(r.get('width_corr'), 3)} |")
+    return rows
+
+
+def _probe_section(m: dict) -> list[str]:
+    """"Does it work?": each threshold check with its verdict, then the numbers behind them."""
+    lines = ["## Does it work?", ""]
+    p = m.get("probe")
+    if not p:
+        return lines + ["(not measured yet: the probe stage has not run)", ""]
+    checks = p["checks"]
+    verdicts = [c["passed"] for c in checks]
+    lines += [f"**{verdicts.count(True)} of {len(checks)} checks pass** ({verdicts.count(False)} fail, "
+              f"{verdicts.count(None)} not measured). Probes trained in seconds on the drawn data, which",
+              "knows every image's character and face position, measure the stages (`launch.probe`,",
+              "`metrics/probe.json`; thresholds in `eval/probe.py`, docs/demo.md).", "",
+              "| check | value | threshold | result |", "| --- | --- | --- | --- |"]
+    lines += [f"| {c['what']} | {_num(c['value'], 3)} | {'≥' if c['op'] == '>=' else '≤'} {c['bound']:g} "
+              f"| {VERDICT[c['passed']]} |" for c in checks]
+    lines += ["", "| images | as the requested character | as some character | nearest the photos "
+              "| face-centre error vs the photo (px) | centre x corr. | width corr. |",
+              "| --- | --- | --- | --- | --- | --- | --- |", *_probe_rows(p), ""]
+    per = (p.get("target_g") or {}).get("per_character")
+    if per:
+        lines += ["Fine-tuned G samples per character: "
+                  + ", ".join(f"{k} {_num(v, 3)}" for k, v in per.items()) + ".", ""]
+    return lines
+
+
 def render(m: dict, sheets: dict[str, str]) -> str:
     """report.md's text."""
     lines = ["# toonmix demo report", ""]
@@ -150,6 +201,7 @@ def render(m: dict, sheets: dict[str, str]) -> str:
                   "`pt_inception-2015-12-05-6726825d.pth` or `inception-2015-12-05.pt` in `weights/` (or",
                   "`--weights-dir`) and delete `stages/fid.json` and `stages/cartoonize.json` to measure the standard one.",
                   ""]
+    lines += _probe_section(m)
     lines += ["## Stages", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {k} | {_num(v, 4)} |" for k, v in m["stage_seconds"].items()]
     lines += [f"| total | {_num(m['total_seconds'], 4)} |", ""]

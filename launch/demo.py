@@ -14,6 +14,8 @@ the small configs launch/configs/demo_*.yaml:
   eval_encoders   per-pass reconstruction metrics on held-out images (launch.eval_encoder)
   cartoonize      character look-up table, CDSM and the baselines on held-out photos
   fid             FID/KID of both generators (launch.fid)
+  probe           measure whether the stages work, with probes trained on the drawn data
+                  (launch.probe: characters recognised, face position kept; pass/fail thresholds)
   report          <out>/report.md, <out>/metrics.json and the sheets they show
 
 A finished stage is recorded in <out>/stages/<name>.json and skipped when the
@@ -157,6 +159,9 @@ def stages(args: argparse.Namespace) -> list[Stage]:
              "--out", str(o / "metrics" / "fid_gan_source_vs_characters.json")],
             ["launch.fid", "--real", str(shards / "characters"), "--fake", str(gt), *fid,
              "--out", str(o / "metrics" / "fid_gan_target.json"), "--tb", str(o / "gan_target")]]),
+        Stage("probe", "measure the stages with probes trained on the drawn data", [
+            ["launch.probe", "--data", str(data), "--cartoons", str(o / "cartoons"), "--g-source", str(gs),
+             "--g-target", str(gt), "--out", str(o / "metrics" / "probe.json")]], distributed=False),
         Stage("report", "write report.md and metrics.json", [], distributed=False),
     ]
 

@@ -6,8 +6,10 @@
         --out data/demo/shards/characters
 
 Writes photos/train/, photos/test/ (held out for cartoonization) and
-characters/<name>/ as PNGs, then demo_data.json. Every image is a function of
---seed and its index; a rerun draws only what is missing.
+characters/<name>/ as PNGs, then labels.json (every file's character and face
+geometry: centre and size as fractions of the side, what launch.probe measures
+with) and demo_data.json. Every image is a function of --seed and its index; a
+rerun draws only what is missing and rewrites labels.json without drawing.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def _args(tmp_path: Path, *extra: str):
 def test_every_stage_command_is_accepted_by_its_command(tmp_path):
     plan = demo.stages(_args(tmp_path))
     assert [s.name for s in plan] == ["data", "gan_source", "gan_target", "encoder_source", "encoder_target",
-                                      "eval_encoders", "cartoonize", "fid", "report"]
+                                      "eval_encoders", "cartoonize", "fid", "probe", "report"]
     for stage in plan:
         for cmd in stage.commands:
             mod = importlib.import_module(cmd[0])
@@ -103,7 +103,8 @@ def test_finished_stages_are_skipped_and_a_failed_one_reruns(tmp_path, monkeypat
     assert done == sorted(s.name for s in demo.stages(_args(tmp_path)))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["stage_seconds"]) >= {"data", "gan_source", "fid"}
-    assert "untrained Inception" in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "untrained Inception" in report and "not measured yet: the probe stage has not run" in report
 
 
 def test_unknown_stage_and_bad_numbers_exit_2(tmp_path, capsys):
@@ -151,6 +152,42 @@ def test_report_shows_the_measured_numbers_and_links_existing_sheets(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["fid_gan_target"]["fid"] == 321.75 and m["cartoonize"]["character0"]["metrics"]["cdsm"]["kid"] == 0.25
     assert m["detector_is_public_inception"] is True
+    assert "probe" not in m and "(not measured yet: the probe stage has not run)" in text
+
+
+def test_report_opens_with_the_probe_checks_and_their_numbers(tmp_path):
+    from eval.probe import THRESHOLDS
+
+    out = tmp_path / "run"
+    (out / "metrics").mkdir(parents=True)
+    probe = {"probe": {"character_accuracy": 1.0, "photos_as_character": 0.0, "noise_as_character": 0.0,
+                       "geometry": {"character": {"centre_mae_px": 0.375}}},
+             "target_g": {"images": 256, "character_share": 0.625, "photo_share": 0.25,
+                          "per_character": {"character0": 0.5, "character1": 0.125}},
+             "source_g": {"images": 256, "character_share": 0.0, "photo_share": 0.875},
+             "cartoons": {"cdsm": {"images": 32, "requested_share": 0.9375, "character_share": 1.0,
+                                   "photo_share": 0.0, "centre_mae_px": 0.8125, "cx_corr": 0.96875,
+                                   "width_corr": 0.75, "centre_gain": 4.5},
+                          "cdsm_minus_wplus_requested_share": 0.0625}}
+    (out / "metrics" / "probe.json").write_text(json.dumps(probe))
+    write_report(out, {"probe": {"seconds": 3.0}}, "untrained")
+
+    text = (out / "report.md").read_text()
+    assert text.index("## Does it work?") < text.index("## Stages")
+    for expected in ("**9 of 11 checks pass** (1 fail, 1 not measured)",
+                     "| fine-tuned G samples recognised as a character | 0.625 | ≥ 0.8 | **FAIL** |",
+                     "| CDSM cartoons recognised as the requested character | 0.938 | ≥ 0.8 | pass |",
+                     "| CDSM face centre vs the photo's, px at 32 px | 0.812 | ≤ 1.5 | pass |",
+                     "| rarest character's share / fair share (mode coverage) | n/a | ≥ 0.5 | not measured |",
+                     "| source G samples recognised as a character | 0 | ≤ 0.2 | pass |",
+                     "| cdsm cartoons (32) | 0.938 | 1 | 0 | 0.812 | 0.969 | 0.75 |",
+                     "| fine-tuned G samples (256) | - | 0.625 | 0.25 | - | - | - |",
+                     "Fine-tuned G samples per character: character0 0.5, character1 0.125."):
+        assert expected in text, expected
+    m = json.loads((out / "metrics.json").read_text())
+    checks = {c["key"]: c for c in m["probe"]["checks"]}
+    assert set(checks) == set(THRESHOLDS) and m["probe"]["target_g"]["character_share"] == 0.625
+    assert checks["target_g.character_share"]["passed"] is False and checks["target_g.coverage"]["passed"] is None
 
 
 SMOKE = ["--photos", "32", "--characters", "2", "--cartoon-characters", "1", "--k", "4", "--fid-images", "8",
@@ -188,7 +225,9 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     cdsm = m["cartoonize"]["character0"]
     assert cdsm["photos"] == 16 and np.isfinite(cdsm["metrics"]["cdsm"]["fid"])
     assert [p["pass"] for p in m["encoder_source"]["passes"]] == [1, 2, 3]
+    assert len(m["probe"]["checks"]) >= 10 and m["probe"]["probe"]["character_accuracy"] >= 0.95
     text = (out / "report.md").read_text()
+    assert "## Does it work?" in text and "checks pass**" in text
     linked = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert linked == [f"sheets/{n}.png" for n in ("data", "gan_source", "gan_target", "encoder_source",
                                                   "encoder_target", "cartoons_character0")]
