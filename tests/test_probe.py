@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.synthetic import DemoData, cartoon_face, character_traits, photo_face, read_labels, write_demo_data
+from datasets.synthetic import DemoData, cartoon_face, character_traits, read_labels, write_demo_data
 from eval.probe import (GEOMETRY, NONE, PHOTO, THRESHOLDS, agreement, fit_character_probe, fit_geometry_probe,
                         judge, load_images, sanity_images, shares)
 from launch import probe as probe_cmd
