@@ -30,9 +30,7 @@ def build_parser(prog: str, doc: str, cfg_cls: type) -> argparse.ArgumentParser:
 
 def run_training(args: argparse.Namespace, cfg_cls: type, resolve: Callable, loop: Callable) -> int:
     """Resolves the run on rank 0, hands every rank the answer (or the error), runs ``loop``."""
-    from trainer.run.distributed import (
-        Dist,  # after --help: joining the process group is not free
-    )
+    from trainer.run.distributed import Dist  # after --help: joining the process group is not free
     from trainer.run.start import base_config
     from trainer.run.steps import NonFiniteError
 

@@ -47,6 +47,7 @@ def main(out: Path, shards: str, generator: str, folder: str, batch: int) -> Non
             s = feature_stats(feats)
             np.savez(out / f"{name}.npz", features=feats, mu=s.mu, sigma=s.sigma,
                      skipped=np.int64(sum(src.skipped.values())))
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ class Dist:
     """Rank, world and collectives; a no-op layer when run as one process."""
 
     def __init__(self, cpu: bool | None = None):
-        from accelerate import (
-            PartialState,  # only the launch layer knows about accelerate
-        )
+        from accelerate import PartialState  # only the launch layer knows about accelerate
 
         cpu = cpu if cpu is not None else os.environ.get("ACCELERATE_USE_CPU", "0").lower() in ("1", "true")
         self.state = PartialState(cpu=cpu)
@@ -41,6 +39,13 @@ class Dist:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def close(self) -> None:
+        """Waits for every rank, then tears the process group down: a process that exits with
+        gloo's threads still running can abort ("terminate called without an active exception")."""
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
 
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         """In-place mean over ranks (float tensors)."""

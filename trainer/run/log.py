@@ -68,9 +68,7 @@ class RunLog:
     @property
     def tb(self):
         if self._tb is None and self.active:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # imports tensorboard lazily
-            )
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard lazily
             self._tb = SummaryWriter(str(self.dir))
         return self._tb
 
