@@ -14,9 +14,11 @@ is a crash mid-save and is never loaded. DCP dedups replicated tensors (each
 written once, spread over the ranks) and stores optimizer state by parameter
 name, so a run saved on N processes resumes on M.
 
-DCP stores non-tensor values as pickles and unpickles them with
-``weights_only=False``: load only checkpoints you wrote. The rank files are
-read with ``weights_only=True``.
+Loading runs no code from the folder: the marker must list ``.metadata``,
+``meta.json`` and every data file, each of the listed size; ``.metadata`` and
+the non-tensor values DCP pickles go through ``trainer.run.safe_dcp`` (an
+allow-list unpickler, ``weights_only=True``), the rank files through
+``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
 from datasets.remote import atomic_write, exists, fs_and_path, join, read_bytes, write_json
+from trainer.model_io.errors import CheckpointError as FileError
 
-MARKER, META = "COMPLETE", "meta.json"
+from .safe_dcp import MAX_METADATA_BYTES, SafeLoadPlanner, SafeReader, data_files, read_metadata
+
+MARKER, META, DCP_META = "COMPLETE", "meta.json", ".metadata"
 _NAME = re.compile(r"^ckpt-(\d{9})$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, incomplete, truncated or unreadable; the message names it."""
+class CheckpointError(FileError, RuntimeError):
+    """A checkpoint that is missing, incomplete, truncated, unreadable or unsafe; the message names it.
+    Also a ``trainer.model_io`` CheckpointError: commands that refuse a bad model file refuse
+    a bad checkpoint folder the same way (exit 2)."""
 
 
 class OptimizerState(Stateful):
@@ -117,20 +125,24 @@ def _reason(e: BaseException) -> str:
 def _read(url: str, parse: Callable[[bytes], Any]) -> Any:
     try:
         return parse(read_bytes(url))
+    except FileError as e:  # safe_dcp's refusals and damage reports: they say what is wrong already
+        raise CheckpointError(f"{url}: {e}") from e
     except Exception as e:
         raise CheckpointError(f"corrupt or unreadable checkpoint file {url}: {_reason(e)}") from e
 
 
-def _run_dcp(save: bool, sd: dict, path: str) -> None:
-    """dcp.save/load at an fsspec URL, with or without a process group; DCP's failures
-    (a BaseException, which `except Exception` would miss) become CheckpointErrors."""
+def _run_dcp(save: bool, sd: dict, path: str, metadata: Metadata | None = None) -> None:
+    """dcp.save, or dcp.load with already checked ``metadata``, at an fsspec URL, with or without
+    a process group; DCP's failures (a BaseException, which `except Exception` would miss)
+    become CheckpointErrors."""
     try:
         with warnings.catch_warnings():  # DCP warns on every call without a process group
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             if save:
                 dcp.save(sd, storage_writer=FsspecWriter(path), no_dist=not _distributed())
             else:
-                dcp.load(sd, storage_reader=FsspecReader(path), no_dist=not _distributed())
+                dcp.load(sd, storage_reader=SafeReader(path, metadata), planner=SafeLoadPlanner(),
+                         no_dist=not _distributed())
     except (Exception, dcp.CheckpointException) as e:
         raise CheckpointError(f"cannot {'save' if save else 'load'} checkpoint {path}: {_reason(e)}") from e
 
@@ -233,29 +245,47 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- loading
 
-    def _check_files(self, path: str) -> int:
-        """Checks the files listed in the marker; returns the world size that saved them."""
+    def _check_files(self, path: str) -> tuple[int, Metadata]:
+        """Checks the files listed in the marker and DCP's metadata; returns the world size
+        that saved them and the metadata."""
         marker = _read(join(path, MARKER), json.loads)
+        files, world = (marker.get("files"), marker.get("world")) if isinstance(marker, dict) else (None, None)
+        if (not isinstance(files, dict) or type(world) is not int or world < 1
+                or not all(type(s) is int and "/" not in n and n not in ("", ".", "..") for n, s in files.items())):
+            raise CheckpointError(f"malformed {join(path, MARKER)}: expected {{'world': N, 'files': {{name: size}}}}")
+        if DCP_META not in files or META not in files:
+            raise CheckpointError(f"{join(path, MARKER)} does not list {DCP_META} and {META}: not a checkpoint "
+                                  "that CheckpointManager wrote")
         fs, p = fs_and_path(path)
-        for name, size in marker["files"].items():
+        for name, size in files.items():
             got = fs.size(join(p, name)) if fs.exists(join(p, name)) else None
             if got != size:
                 raise CheckpointError(f"checkpoint file missing, truncated or changed: {join(path, name)} "
                                       f"({got} bytes, {size} when written)")
-        return int(marker["world"])
+        if files[DCP_META] > MAX_METADATA_BYTES:  # refused before it is read into memory
+            raise CheckpointError(f"{join(path, DCP_META)}: {files[DCP_META]} bytes, more than checkpoint metadata "
+                                  f"ever needs ({MAX_METADATA_BYTES})")
+        metadata = _read(join(path, DCP_META), read_metadata)
+        unlisted = sorted(data_files(metadata) - set(files))
+        if unlisted:  # sizes unchecked: DCP would read them blindly
+            raise CheckpointError(f"{join(path, DCP_META)} points into files {MARKER} does not list: {unlisted[:5]}")
+        return world, metadata
 
     def load(self, path: str, state: dict) -> tuple[dict | None, dict]:
         """Loads the replicated state into ``state`` in place (every rank calls it; any world
         size). Returns (this rank's rank_state, or None when the checkpoint was written by
         fewer ranks than this rank's index; meta)."""
         path = self.resolve(path)
-        saved_world = self._check_files(path)
+        saved_world, metadata = self._check_files(path)
         for v in _walk(state):
             if isinstance(v, OptimizerState):
                 v.clear_grads()  # before DCP asks for the template (see clear_grads)
         loaded = _plain(state)
-        _run_dcp(False, loaded, path)
-        _apply(state, loaded)
+        _run_dcp(False, loaded, path, metadata)
+        try:
+            _apply(state, loaded)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # stored values of the wrong kind or shape
+            raise CheckpointError(f"checkpoint {path} does not fit this state: {_reason(e)}") from e
         rank_state = None
         if self.rank < saved_world:
             safe_load = lambda b: torch.load(io.BytesIO(b), weights_only=True)  # noqa: E731
