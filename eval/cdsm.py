@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.model_io.safe_pickle import torch_load
 from trainer.networks.generator import Generator
 from trainer.networks.stylespace import style_layers, synthesize, ws_to_styles
 
@@ -280,7 +281,7 @@ class LookUpTable:
     def load(cls, path: str | os.PathLike, expect_fingerprint: str | None = None) -> LookUpTable:
         """Reads a table; ``expect_fingerprint`` (the generator in use) must match the table's."""
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch_load(path)
         except OSError:  # missing file, permissions: not a question of the file's content
             raise
         except Exception as e:  # truncated zip, not a torch file, unsafe pickle, ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import zipfile
 import zlib
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trainer.model_io.errors import CheckpointError
-from trainer.model_io.safe_pickle import torch_load
+from trainer.model_io.safe_pickle import MAX_MODULE_DEPTH, check_archive, torch_load
 from trainer.networks.weights import PUBLIC, WeightsError, load_into, missing_message, sha256, tensors, verify
 
 FEATURES = 2048
@@ -284,6 +285,10 @@ class ScriptRecord:
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
     if not isinstance(storage, torch.Tensor):
         raise WeightsError(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
+    numel = math.prod(int(d) for d in size)
+    if numel > storage.numel():  # a stride-0 view of a few bytes that any copy would blow up
+        raise WeightsError(f"tensor of shape {list(size)[:8]} declares {numel} elements, its storage holds "
+                           f"{storage.numel()}")
     return torch.as_strided(storage, tuple(size), tuple(stride), int(offset))
 
 
@@ -327,10 +332,11 @@ class _ScriptUnpickler(pickle.Unpickler):
         _, dtype, key, _location, numel = pid
         key = str(key)
         if key not in self._storages:
-            raw = self._zf.read(f"{self._root}/data/{key}")
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if len(raw) != int(numel) * itemsize:
-                raise WeightsError(f"storage {key} holds {len(raw)} bytes, expected {numel} x {itemsize}")
+            name, itemsize = f"{self._root}/data/{key}", dtype.itemsize
+            if self._zf.getinfo(name).file_size != int(numel) * itemsize:  # checked before reading it
+                raise WeightsError(f"storage {key} declares {numel} x {itemsize} bytes, the archive holds "
+                                   f"{self._zf.getinfo(name).file_size}")
+            raw = self._zf.read(name)
             self._storages[key] = (torch.frombuffer(bytearray(raw), dtype=dtype) if raw
                                    else torch.empty(0, dtype=dtype))
         return self._storages[key]
@@ -352,17 +358,20 @@ def is_torchscript(path: str | Path) -> bool:
 
 def _flatten(root: ScriptRecord) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
-    stack, seen = [("", root)], set()
-    while stack:  # iterative, and each record once: a hostile pickle could nest deeply or loop
-        prefix, rec = stack.pop()
-        if id(rec) in seen:
-            continue
-        seen.add(id(rec))
+    stack, seen = [("", root, 0)], {id(root)}
+    while stack:  # iterative, and each record once: a hostile pickle could nest deeply, loop or share
+        prefix, rec, depth = stack.pop()
+        if depth > MAX_MODULE_DEPTH:
+            raise WeightsError(f"modules nested more than {MAX_MODULE_DEPTH} deep at {prefix[:-1]}")
         for k, v in (rec.state.items() if isinstance(rec.state, dict) else ()):
             if isinstance(v, torch.Tensor):
                 out[f"{prefix}{k}"] = v
+            elif isinstance(v, ScriptRecord) and id(v) in seen:  # checked when met, before descending
+                raise WeightsError(f"module {prefix}{k} appears twice in the module tree (a cycle or a shared "
+                                   "module); the Inception archive holds a plain tree")
             elif isinstance(v, ScriptRecord):
-                stack.append((f"{prefix}{k}.", v))
+                seen.add(id(v))
+                stack.append((f"{prefix}{k}.", v, depth + 1))
     return out
 
 
@@ -371,6 +380,7 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     compiling or running the archive's code."""
     try:
         with zipfile.ZipFile(path) as zf:
+            check_archive(zf, Path(path).stat().st_size, str(path))
             pkls = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pkls) != 1:
                 raise WeightsError(f"{path}: expected one <root>/data.pkl in the archive, found {pkls[:4]}")
@@ -378,15 +388,18 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             if f"{root}/byteorder" in zf.namelist() and zf.read(f"{root}/byteorder").strip() != b"little":
                 raise WeightsError(f"{path}: big-endian tensor data is not supported")
             obj = _ScriptUnpickler(zf.read(pkls[0]), zf, root).load()
-    except WeightsError as e:
+    except CheckpointError as e:
         raise WeightsError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from e
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError, AttributeError,
-            IndexError, zipfile.BadZipFile, zlib.error, OSError) as e:
+            IndexError, zipfile.BadZipFile, zlib.error, OSError, MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise WeightsError(f"{path}: truncated or corrupt TorchScript archive ({type(e).__name__}: {msg})") from e
     if not isinstance(obj, ScriptRecord):
         raise WeightsError(f"{path}: data.pkl holds a {type(obj).__name__}, not a TorchScript module")
-    flat = _flatten(obj)
+    try:
+        flat = _flatten(obj)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from e
     if not flat:
         raise WeightsError(f"{path}: the TorchScript module holds no tensors")
     return flat

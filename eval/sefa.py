@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.model_io.safe_pickle import torch_load
 from trainer.networks.generator import Generator
 from trainer.networks.stylespace import style_layers
 
@@ -53,7 +54,7 @@ class Factors:
             raise FileNotFoundError(f"{path}: no factor file; write one with `python -m launch.sefa --ckpt G.pt "
                                     f"--factors {path}`")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch_load(path)
         except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated or not a torch file
             raise ValueError(f"{path}: not a readable factor file ({type(e).__name__}: {e})") from None
         if isinstance(obj, dict) and obj.get("format") == FORMAT:

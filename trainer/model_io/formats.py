@@ -27,7 +27,7 @@ from trainer.networks import Discriminator, DiscriminatorConfig, Generator, Gene
 from . import nvlabs
 from .build import build_discriminator, build_generator, discriminator_config, generator_config
 from .errors import CheckpointError
-from .safe_pickle import file_kind, load_nvlabs_pickle, torch_load
+from .safe_pickle import PersistentRecord, file_kind, load_nvlabs_pickle, torch_load
 
 NATIVE_FORMAT = "toonmix.stylegan2"
 NATIVE_VERSION = 1
@@ -137,13 +137,21 @@ def rosinality_dict(g_ema: Generator | None = None, g: Generator | None = None,
 def _load_nvlabs(path) -> LoadedCheckpoint:
     data = load_nvlabs_pickle(path)
     out = LoadedCheckpoint("nvlabs")
-    for src, dst in (("G_ema", "g_ema"), ("G", "g")):
-        if data.get(src) is not None:
-            sd, cfg = nvlabs.import_generator(data[src], f"{path} [{src}]")
-            setattr(out, dst, build_generator(sd, cfg, f"{path} [{src}]", fill_filters=True))
-    if data.get("D") is not None:
-        sd, cfg = nvlabs.import_discriminator(data["D"], f"{path} [D]")
-        out.d = build_discriminator(sd, cfg, f"{path} [D]", fill_filters=True)
+    for key in ("G_ema", "G", "D"):
+        if data.get(key) is not None and not isinstance(data[key], PersistentRecord):
+            raise CheckpointError(f"{path} [{key}]: a {type(data[key]).__name__}, not an NVlabs network")
+    try:
+        for src, dst in (("G_ema", "g_ema"), ("G", "g")):
+            if data.get(src) is not None:
+                sd, cfg = nvlabs.import_generator(data[src], f"{path} [{src}]")
+                setattr(out, dst, build_generator(sd, cfg, f"{path} [{src}]", fill_filters=True))
+        if data.get("D") is not None:
+            sd, cfg = nvlabs.import_discriminator(data["D"], f"{path} [D]")
+            out.d = build_discriminator(sd, cfg, f"{path} [D]", fill_filters=True)
+    except CheckpointError:
+        raise
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:  # odd tensors
+        raise CheckpointError(f"{path}: malformed NVlabs network ({type(e).__name__}: {e})") from e
     if out.g_ema is None and out.g is None and out.d is None:
         raise CheckpointError(f"{path}: pickle holds none of G, G_ema, D (keys: {list(data)})")
     return out

@@ -105,7 +105,7 @@ def _rename(sd: dict, pairs: list[tuple[str, str]], what: str, optional: tuple[s
 
 def import_generator(rec: PersistentRecord, what: str) -> tuple[dict, GeneratorConfig]:
     """Our state dict (ours' shapes are applied when building) and config from a G record."""
-    sd = flatten_record(rec)
+    sd = flatten_record(rec, what=what)
     if "mapping.embed.weight" in sd:
         raise CheckpointError(f"{what}: conditional generators (c_dim > 0) are not supported")
     n_mlp = len([k for k in sd if re.match(r"mapping\.fc\d+\.weight$", k)])
@@ -128,7 +128,7 @@ def import_generator(rec: PersistentRecord, what: str) -> tuple[dict, GeneratorC
 
 
 def import_discriminator(rec: PersistentRecord, what: str) -> tuple[dict, DiscriminatorConfig]:
-    sd = flatten_record(rec)
+    sd = flatten_record(rec, what=what)
     if any(k.startswith("mapping.") for k in sd):
         raise CheckpointError(f"{what}: conditional discriminators are not supported")
     fromrgb = [int(m.group(1)) for k in sd if (m := re.match(r"b(\d+)\.fromrgb\.weight$", k))]
