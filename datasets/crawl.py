@@ -4,7 +4,9 @@ Fetches episode images into ``<out>/<title>/<episode>/<NNN>.<ext>`` (NNN: the
 zero-padded image index; ext from the content type, else the URL) for the face
 cropper. URLs come from a ``title,episode,url`` list or from a template such as
 ``https://host/{title}/{episode}/{index}.jpg``, where an episode ends at its first
-404. Each URL's outcome is appended to ``<out>/crawl_log.jsonl``. Files are renamed
+404. A request ends at its deadline however slowly the server sends (the socket
+timeout bounds each read only). Each URL's outcome is appended to
+``<out>/crawl_log.jsonl``. Files are renamed
 into place when complete, so a rerun skips them without a request; one crawler
 per ``out`` at a time, as a run deletes the temporary files it finds there.
 """
@@ -16,6 +18,7 @@ import http.client
 import json
 import os
 import string
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -27,6 +30,7 @@ from typing import Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
+from datasets.deadline import Deadlines, watched_handlers
 from datasets.errors import DataError
 
 DEFAULT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
@@ -69,6 +73,13 @@ class CrawlConfig:
     """Cap on one backoff wait, including one asked for by a ``Retry-After`` header."""
     timeout_s: float = 30.0
     """Socket timeout of one request (connect, and each read)."""
+    deadline_s: float | None = None
+    """Most seconds one request may take in all: connect, TLS, headers, redirects and body,
+    however slowly the server trickles bytes in under ``timeout_s``. None: twice
+    ``timeout_s``, so a stalled read still ends first, as a timeout that is retried. A
+    request cut at its deadline fails the URL with reason ``deadline`` and is not retried
+    (the server would trickle again), so no URL takes more than (retries + 1) deadlines
+    plus the backoff waits, and a trickling one no more than one deadline."""
     max_bytes: int = 20 * 1024 * 1024
     """Largest image accepted, checked from Content-Length and again while streaming."""
     allowed_types: Sequence[str] = DEFAULT_TYPES
@@ -299,7 +310,12 @@ class Crawler:
         self.cfg, self.out, self.sleep = cfg, Path(cfg.out), sleep
         self.host, self.jobs = plan(cfg)
         self.throttle = Throttle(cfg.rate_limit_s, clock, sleep)
-        self.opener = urllib.request.build_opener(_RedirectGuard(self._refusal, self.throttle.wait))
+        self.deadline_s = cfg.deadline_s if cfg.deadline_s is not None else 2 * cfg.timeout_s
+        if not self.deadline_s > 0:
+            raise DataError(f"the request deadline must be > 0 s, got {self.deadline_s}")
+        self._deadlines = Deadlines()
+        self.opener = urllib.request.build_opener(_RedirectGuard(self._refusal, self.throttle.wait),
+                                                  *watched_handlers(self._deadlines.add))
         self.robots: urllib.robotparser.RobotFileParser | None = None
         self.summary: dict = {"fetched": 0, "skipped_existing": 0, "robots": 0, "failed": {},
                               "episodes_ended": 0, "bytes": 0, "robots_txt": None,
@@ -312,7 +328,7 @@ class Crawler:
         for stale in self.out.glob(f"*/*/.*{TMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
         total = len(self.jobs) if self.jobs is not None else None
-        with open(self.out / LOG_NAME, "a", encoding="utf-8") as self._log, \
+        with open(self.out / LOG_NAME, "a", encoding="utf-8") as self._log, self._deadlines, \
                 tqdm(total=total, desc="crawl", unit="url", disable=not self.cfg.progress) as bar:
             if self.jobs is not None:
                 for job in self.jobs:
@@ -359,6 +375,9 @@ class Crawler:
             path, size = self._retrying(lambda: self._download(job, folder / stem))
         except _Failed as e:
             status = "end" if end_on_404 and e.code == 404 else "skipped" if e.reason == "robots" else "failed"
+            if e.reason == "deadline":
+                tqdm.write(f"[crawl] {job.url}: the request passed its {self.deadline_s:g} s deadline "
+                           "(the server sends too slowly); failed without a retry", file=sys.stderr)
             return self._record(job, folder / stem, status, e.reason)
         return self._record(job, path, "fetched", None, size)
 
@@ -383,7 +402,14 @@ class Crawler:
         for attempt in range(cfg.retries + 1):
             self.throttle.wait()
             try:
-                return once()
+                with self._deadlines.request(self.deadline_s):
+                    try:
+                        return once()
+                    except _Failed:
+                        # Whatever the cut connection looked like (a short body, a reset): the deadline.
+                        if self._deadlines.expired:
+                            raise _Failed("deadline") from None
+                        raise
             except _Transient as e:
                 if attempt >= cfg.retries:
                     raise _Failed(e.reason, e.code) from None
@@ -392,6 +418,11 @@ class Crawler:
                     wait = max(wait, e.retry_after)
                 self.sleep(min(wait, cfg.max_backoff_s))
         raise AssertionError("unreachable")
+
+    def _expired(self) -> None:
+        # A body without a length that was cut at the deadline reads as complete.
+        if self._deadlines.expired:
+            raise _Failed("deadline")
 
     def _open(self, url: str, accept: str):
         req = urllib.request.Request(url, headers={"User-Agent": self.cfg.user_agent, "Accept": accept})
@@ -442,6 +473,7 @@ class Crawler:
                 raise _Transient("incomplete")
             if count == 0:
                 raise _Failed("empty")
+            self._expired()
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -459,7 +491,9 @@ class Crawler:
 
         def fetch() -> str:
             with self._open(url, "text/plain") as resp:
-                return _read(resp, ROBOTS_MAX_BYTES).decode("utf-8", errors="replace")
+                text = _read(resp, ROBOTS_MAX_BYTES).decode("utf-8", errors="replace")
+            self._expired()  # half a robots.txt could allow what the rest forbids
+            return text
 
         try:
             rp.parse(self._retrying(fetch).splitlines())

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import sys
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .errors import DataError
 from .images import decode_array
-from .remote import check_url, is_pipe, join, open_url, read_json
+from .remote import check_url, fs_and_path, is_pipe, join, open_url, read_json
 from .tar_access import PERMANENT, TarReader, skip
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
@@ -74,6 +75,11 @@ class LoaderConfig:
     """If set, one ``iter()`` yields ceil(epoch_samples / (world * batch)) batches on every rank."""
     allow_pipe: bool = False
     """Allow ``pipe:`` shard URLs (shell commands); only for shard lists you wrote."""
+    allow_external_shards: bool = False
+    """Follow manifest shard names that lead outside the manifest's folder (another folder,
+    ``..``, another URL or file system); only for manifests you wrote. By default such a
+    manifest is refused: a manifest from someone else must not make the loader read
+    whatever it names."""
     pin_memory: bool = False
     """Pin batches in page-locked memory (for asynchronous copies to a GPU)."""
     prefetch: int = 2
@@ -95,14 +101,29 @@ class ShardSet(NamedTuple):
         return sum(self.counts)
 
 
-def load_shard_set(data: str, allow_pipe: bool = False) -> ShardSet:
-    """Reads the manifest next to the shards (or at ``data`` if it names a .json file)."""
+def _inside(url: str, base: str) -> bool:
+    """Whether ``url`` names a file under the folder ``base``, on the same file system."""
+    fs, path = fs_and_path(url)
+    base_fs, base_path = fs_and_path(base)
+    root = posixpath.normpath(base_path)
+    return fs.protocol == base_fs.protocol and posixpath.normpath(path).startswith(root.rstrip("/") + "/")
+
+
+def load_shard_set(data: str, allow_pipe: bool = False, allow_external: bool = False) -> ShardSet:
+    """Reads the manifest next to the shards (or at ``data`` if it names a .json file).
+
+    Every shard name must lead to a file in the manifest's folder or below it, unless
+    ``allow_external`` (``LoaderConfig.allow_external_shards``); ``pipe:`` names need
+    ``allow_pipe``, which trusts the manifest for them.
+    """
     url = data if data.endswith(".json") else join(data, "manifest.json")
     base = url.rsplit("/", 1)[0] if "/" in url else "."
     try:
         m = read_json(url)
     except FileNotFoundError:
         raise DataError(f"no manifest at {url}: write shards with `python -m launch.make_shards`") from None
+    except ValueError as e:
+        raise DataError(f"{url} is not a shard manifest: {e}") from None
     try:
         urls = tuple(s["name"] if "://" in s["name"] or s["name"].startswith(("pipe:", "/"))
                      else join(base, s["name"]) for s in m["shards"])
@@ -112,6 +133,9 @@ def load_shard_set(data: str, allow_pipe: bool = False) -> ShardSet:
         raise DataError(f"{url} is not a shard manifest: {e!r}") from None
     for u in shard_set.urls:
         check_url(u, allow_pipe)
+        if not (allow_external or is_pipe(u) or _inside(u, base)):
+            raise DataError(f"{url} names a shard outside its folder ({u}); if you wrote that manifest yourself, "
+                            "allow it with loader.allow_external_shards=true (launch.fid: --allow-external-shards)")
     if not shard_set.urls or shard_set.total == 0:
         raise DataError(f"{url} lists no samples")
     return shard_set
@@ -214,7 +238,7 @@ class _Stream(IterableDataset):
         try:
             if data is None:
                 raise ValueError(f"no image member among {sorted(raw)}")
-            img = decode_array(data)
+            img = decode_array(data, self.shards.image_size)  # the header is checked before decoding
             if img.shape != (self.shards.image_size, self.shards.image_size, 3):
                 raise ValueError(f"image is {img.shape[1]}x{img.shape[0]}, the manifest says "
                                  f"{self.shards.image_size}")
@@ -362,7 +386,7 @@ class ShardLoader:
         self.cfg, self.mode = cfg, mode
         self.rank = _env_int("RANK", 0) if rank is None else rank
         self.world = _env_int("WORLD_SIZE", 1) if world is None else world
-        self.shards = load_shard_set(cfg.data, cfg.allow_pipe)
+        self.shards = load_shard_set(cfg.data, cfg.allow_pipe, cfg.allow_external_shards)
         self.nworkers = max(cfg.workers, 1)
         self.stream_seed = cfg.seed
         self.batches = 0

@@ -15,15 +15,22 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
 from . import images
 from .errors import DataError, Rejected
 from .faces import align_ffhq, crop_webtoon_face
-from .remote import open_url, read_bytes
+from .remote import fs_and_path, open_url
 from .sources import Item
+
+
+#: Largest input file read into memory: 256 MiB. An 8-bit RGBA image of the default pixel
+#: limit stored without compression is 358 MB, but real PNG/JPEG/WebP files of that size
+#: compress far below this. A zip member declares its size, so a zip bomb (a few MB
+#: inflating to GBs) is refused from its directory entry, before a byte is inflated.
+DEFAULT_MAX_FILE_BYTES = 256 << 20
 
 
 @dataclass
@@ -49,6 +56,8 @@ class WriterConfig:
     """Folder/LMDB images with a shorter side are refused (``too_small``)."""
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     """Inputs with more pixels are refused before decoding (``too_many_pixels``)."""
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    """Input files (or zip members) larger than this are refused before they are read (``too_large``)."""
     workers: int = 2
     """Processes that decode and encode; 0 processes in the calling process."""
     upscaler: str | None = None
@@ -87,15 +96,36 @@ def close_handles() -> None:
     _HANDLES.clear()
 
 
-def _read_ref(ref: tuple) -> bytes:
+def _too_large(size: int, limit: int) -> Rejected:
+    return Rejected("too_large", f"{size} bytes > {limit} (--max-file-bytes)")
+
+
+def _read_capped(f: IO[bytes], limit: int) -> bytes:
+    # Declared sizes can lie (a zip entry, a file growing while read): never read past the limit.
+    data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(len(data), limit)
+    return data
+
+
+def _read_ref(ref: tuple, limit: int) -> bytes:
+    """The input's bytes; ``Rejected("too_large")`` for more than ``limit``, found before reading."""
     kind = ref[0]
     if kind == "url":
-        return read_bytes(ref[1])
+        fs, path = fs_and_path(ref[1])
+        if (size := fs.size(path)) is not None and size > limit:
+            raise _too_large(size, limit)
+        with fs.open(path, "rb") as f:
+            return _read_capped(f, limit)
     if kind == "zip":
         z = _HANDLES.get(ref[1])
         if z is None:  # a file object, not the whole zip in memory: iCartoonFace zips are GBs
             z = _HANDLES[ref[1]] = zipfile.ZipFile(open_url(ref[1]))
-        return z.read(ref[2])
+        info = z.getinfo(ref[2])
+        if info.file_size > limit:
+            raise _too_large(info.file_size, limit)
+        with z.open(info) as f:
+            return _read_capped(f, limit)
     if kind == "lmdb":
         env = _HANDLES.get(ref[1])
         if env is None:
@@ -126,7 +156,7 @@ def _shape(img, item: Item, cfg: WriterConfig):
 
 def _process(item: Item, cfg: WriterConfig) -> dict:
     try:
-        data = _read_ref(item.ref)
+        data = _read_ref(item.ref, cfg.max_file_bytes)
     except (FileNotFoundError, KeyError) as e:
         raise Rejected("missing_file", str(e)) from None
     except Rejected:

@@ -7,7 +7,9 @@ removes exact duplicates and writes shards. Each shard is written under a
 temporary name and renamed when complete, then a record in ``_progress/`` holds
 everything up to that shard, so an interrupted run continues from the last
 complete shard: no duplicates, no half-written shard, and byte-identical output
-to an uninterrupted run.
+to an uninterrupted run. The writer deletes or overwrites only files named as it
+names them (its shards, records and temporary files), and refuses an output
+folder holding anything else unless it holds a record of the same job.
 
 A sample is ``{key}.png|jpg`` (the image), ``{key}.cls`` (index into the
 manifest's ``labels``, -1 when unlabelled) and ``{key}.json`` (source, label).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import time
 from collections import Counter
@@ -28,14 +31,18 @@ from tqdm import tqdm
 
 from . import images
 from .errors import DataError
-from .process import WriterConfig, run_items
-from .remote import exists, fs_and_path, join, read_json, write_json
+from .process import DEFAULT_MAX_FILE_BYTES, WriterConfig, run_items
+from .remote import fs_and_path, join, write_json
 from .sources import Item, Listing, labels_of
 
 MANIFEST = "manifest.json"
 PROGRESS = "_progress"  # one record per complete shard: appending, never rewriting
 FORMAT = "toonmix.shards"
 VERSION = 1
+# The names this writer gives what it writes in an output folder. Only files named so are
+# ever deleted or overwritten there: the folder may hold the user's own files.
+_RECORD_NAME = re.compile(r"\d{6}\.json")
+_TEMP_NAME = re.compile(r"shard-\d{6}\.tar\.tmp-\d+|(manifest|\d{6})\.json\.tmp-\d+-[0-9a-f]{8}")
 
 
 def shuffle_items(listing: Listing, seed: int = 0) -> Listing:
@@ -54,18 +61,63 @@ def shuffle_items(listing: Listing, seed: int = 0) -> Listing:
                    {**listing.description, "order": "shuffled", "order_seed": seed})
 
 
+def _names(fs, folder: str) -> list[str]:
+    """Names of the entries of ``folder`` (none when it does not exist)."""
+    if not fs.isdir(folder):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+
+
+def _records(fs, base: str) -> list[str]:
+    """Paths of the per-shard records in ``base``'s progress folder, in shard order."""
+    return [f"{base}/{PROGRESS}/{n}" for n in _names(fs, f"{base}/{PROGRESS}") if _RECORD_NAME.fullmatch(n)]
+
+
+def _json(fs, path: str, what: str) -> dict:
+    try:
+        obj = json.loads(fs.cat_file(path))
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a {what} make_shards wrote; choose another output folder")
+    return obj
+
+
+def _manifest_at(out: str) -> dict | None:
+    fs, path = fs_and_path(join(out, MANIFEST))
+    return _json(fs, path, "manifest") if fs.exists(path) else None
+
+
 def job_in(out: str) -> str | None:
     """The job of the complete or interrupted output in ``out``, if there is one."""
-    if exists(join(out, MANIFEST)):
-        return read_json(join(out, MANIFEST)).get("job")
+    manifest = _manifest_at(out)
+    if manifest is not None:
+        return manifest.get("job")
     fs, base = fs_and_path(out)
-    records = sorted(fs.glob(f"{base.rstrip('/')}/{PROGRESS}/*.json"))
-    return json.loads(fs.cat_file(records[0])).get("job") if records else None
+    records = _records(fs, base.rstrip("/"))
+    return _json(fs, records[0], "progress record").get("job") if records else None
+
+
+def _foreign(fs, base: str) -> list[str]:
+    """What in ``base`` this writer did not write, for an output that holds no record of a job.
+
+    Before its first record a run has written at most shard 0 and temporary files; anything
+    else belongs to someone else, and writing there could overwrite it. Hidden files (a
+    file manager's ``.DS_Store``) are never written or deleted here, so they do not count.
+    """
+    def ours(name: str) -> bool:
+        return name.startswith(".") or bool(_TEMP_NAME.fullmatch(name))
+
+    found = [n for n in _names(fs, base) if not (ours(n) or n in ("shard-000000.tar", PROGRESS))]
+    found += [f"{PROGRESS}/{n}" for n in _names(fs, f"{base}/{PROGRESS}") if not ours(n)]
+    return found
 
 
 def job_key(cfg: WriterConfig, listing: Listing) -> str:
     """Identifies the output: equal keys mean a rerun may resume or skip."""
     conf = {k: v for k, v in asdict(cfg).items() if k not in ("out", "workers")}
+    if conf["max_file_bytes"] == DEFAULT_MAX_FILE_BYTES:  # outputs written before the limit existed keep their key
+        del conf["max_file_bytes"]
     h = hashlib.sha256(json.dumps([conf, listing.description], sort_keys=True).encode())
     for it in listing.items:  # crops and labels too: an edited box CSV is another job
         h.update(json.dumps([it.source, it.ref, it.label, it.crop]).encode() + b"\0")
@@ -134,10 +186,16 @@ def _load_state(out: str, job: str) -> _State:
     """Merges the per-shard records of an interrupted run of the same job."""
     fs, base = fs_and_path(out)
     base = base.rstrip("/")
+    records = _records(fs, base)
+    foreign = [] if records else _foreign(fs, base)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DataError(f"{out} holds files make_shards did not write ({shown}); choose an empty or new "
+                        "output folder")
     fs.makedirs(f"{base}/{PROGRESS}", exist_ok=True)
     state = _State(job)
-    for path in sorted(fs.glob(f"{base}/{PROGRESS}/*.json")):
-        rec = json.loads(fs.cat_file(path))
+    for path in records:
+        rec = _json(fs, path, "progress record")
         if rec.get("job") != job:
             raise DataError(f"{out} holds an unfinished run of a different input or configuration "
                             f"(job {rec.get('job')} != {job}); use another output folder")
@@ -146,9 +204,12 @@ def _load_state(out: str, job: str) -> _State:
         for name in ("samples", "rejected", "duplicates"):
             getattr(state, name).extend(rec[name])
         state.hashes.update(rec["hashes"])
-    # Only now, with the job confirmed as ours: half-written shards of the interrupted run.
-    for path in fs.glob(f"{base}/*.tmp-*") + fs.glob(f"{base}/{PROGRESS}/*.tmp-*"):
-        fs.rm(path)
+    # Only now, with the job confirmed as ours: the half-written files of the interrupted run,
+    # by the names this writer gives them (a user's "thesis.tmp-final" is not one of them).
+    for folder in (base, f"{base}/{PROGRESS}"):
+        for name in _names(fs, folder):
+            if _TEMP_NAME.fullmatch(name):
+                fs.rm(f"{folder}/{name}")
     return state
 
 
@@ -179,8 +240,8 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
     if cfg.encoding not in images.ENCODINGS:
         raise DataError(f"encoding must be one of {images.ENCODINGS}, got {cfg.encoding!r}")
     job = job_key(cfg, listing)
-    if exists(join(cfg.out, MANIFEST)):
-        manifest = read_json(join(cfg.out, MANIFEST))
+    manifest = _manifest_at(cfg.out)
+    if manifest is not None:
         if manifest.get("job") == job:
             log(f"[shards] {cfg.out} is complete ({manifest['num_samples']} samples); nothing to do")
             return manifest
@@ -248,7 +309,10 @@ def write_shards(listing: Listing, cfg: WriterConfig, progress: bool = True,
         bar.close()
     manifest = _manifest(state, cfg, listing, labels)
     write_json(join(cfg.out, MANIFEST), manifest)
-    fs, base = fs_and_path(join(cfg.out, PROGRESS))
-    if fs.exists(base):
-        fs.rm(base, recursive=True)
+    fs, base = fs_and_path(cfg.out)
+    base = base.rstrip("/")
+    for path in _records(fs, base):  # this job's records; anything else there is left alone
+        fs.rm(path)
+    if fs.exists(f"{base}/{PROGRESS}") and not _names(fs, f"{base}/{PROGRESS}"):
+        fs.rm(f"{base}/{PROGRESS}", recursive=True)
     return manifest

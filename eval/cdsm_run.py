@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from datasets.imageio import image_files
+from datasets.imageio import image_files, open_image
 
 from .cdsm import CharacterEntry, LookUpTable, average_latent, sample_references
 
@@ -43,7 +43,7 @@ class FaceCheck:
 def load_face(path: Path, size: int, check: FaceCheck) -> torch.Tensor | str:
     """[3, size, size] in [-1, 1], or the reason the file is not used."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # a header declaring too many pixels is refused before decoding
             im.load()
             w, h = im.size
             if min(w, h) < check.min_side:

@@ -20,10 +20,10 @@ from typing import Iterator, Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from datasets.imageio import IMAGE_SUFFIXES, image_files
+from datasets.imageio import IMAGE_SUFFIXES, ImageTooLarge, image_files, open_image
 from datasets.loader import LoaderConfig, ShardLoader, load_shard_set
 from trainer.networks.generator import Generator
 
@@ -78,10 +78,10 @@ class FolderSource:
 
     def _read(self, f: Path) -> torch.Tensor | None:
         try:
-            with Image.open(f) as im:
+            with open_image(f) as im:  # a header declaring too many pixels is refused before decoding
                 arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            self.skipped["unreadable image"] += 1
+            self.skipped["too many pixels" if isinstance(e, ImageTooLarge) else "unreadable image"] += 1
             self.skipped_files.append(f"{f}: {e}")
             return None
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -101,9 +101,11 @@ class ShardSource:
     path: str
     limit: int | None = None
     skipped: Counter = field(default_factory=Counter)
+    allow_external: bool = False
+    """Follow shard names outside the manifest's folder (``LoaderConfig.allow_external_shards``)."""
 
     def __post_init__(self) -> None:
-        self.shards = load_shard_set(self.path)
+        self.shards = load_shard_set(self.path, allow_external=self.allow_external)
 
     def __len__(self) -> int:
         return min(self.shards.total, self.limit) if self.limit else self.shards.total
@@ -113,7 +115,8 @@ class ShardSource:
                 "manifest": _digest([self.shards.urls, self.shards.counts, self.shards.image_size])}
 
     def batches(self, batch: int, rank: int, world: int) -> Iterator[tuple[np.ndarray, list[torch.Tensor]]]:
-        loader = ShardLoader(LoaderConfig(self.path, batch_size=batch, workers=0), rank, world, "eval")
+        loader = ShardLoader(LoaderConfig(self.path, batch_size=batch, workers=0,
+                                          allow_external_shards=self.allow_external), rank, world, "eval")
         for b in loader:
             keep = b.index < len(self) if self.limit else torch.ones(len(b.index), dtype=torch.bool)
             if keep.any():

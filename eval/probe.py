@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from datasets.imageio import open_image
+
 PROBE_SIZE = 32
 """The demo's resolution: every image is measured at this side."""
 NEIGHBOURS = 5
@@ -62,7 +64,7 @@ def load_images(files: list[Path], size: int = PROBE_SIZE) -> np.ndarray:
     """uint8 [N, size, size, 3], resized as launch.make_shards resizes (LANCZOS)."""
     out = []
     for f in files:
-        with Image.open(f) as im:
+        with open_image(f) as im:  # a header declaring too many pixels is refused before decoding
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)

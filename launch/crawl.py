@@ -7,7 +7,8 @@
 A URL list holds ``title,episode,url`` lines (CSV or tab-separated; a header,
 blank lines and ``#`` comments allowed). A template ends an episode at the first
 404. robots.txt is obeyed, requests are at least --rate-limit seconds apart,
-429/5xx/network errors are retried with exponential backoff, and a rerun skips
+429/5xx/network errors are retried with exponential backoff, a request ends at
+--deadline however slowly the server sends, and a rerun skips
 finished files without a request. Every URL is logged to <out>/crawl_log.jsonl;
 the last line printed is a JSON summary.
 """
@@ -45,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=d.retries, help="tries after a 429/5xx/network error")
     p.add_argument("--backoff", type=float, default=d.backoff_s, help="first backoff in seconds (doubles)")
     p.add_argument("--max-backoff", type=float, default=d.max_backoff_s, help="cap on one backoff wait")
-    p.add_argument("--timeout", type=float, default=d.timeout_s, help="socket timeout in seconds")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="socket timeout in seconds (connect, and each read)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="most seconds one request may take in all, from connect to its last byte, however "
+                        "slowly the server sends (default: 2 x --timeout); a request cut there fails its URL "
+                        "with reason 'deadline', without a retry")
     p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest image accepted")
     p.add_argument("--allowed-types", type=parse_list, default=list(DEFAULT_TYPES),
                    help="comma-separated content types accepted")
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out, host=args.host, url_list=args.url_list, template=args.template,
         titles=args.titles, episodes=args.episodes, max_images=args.max_images,
         rate_limit_s=args.rate_limit, retries=args.retries, backoff_s=args.backoff,
-        max_backoff_s=args.max_backoff, timeout_s=args.timeout, max_bytes=args.max_bytes,
+        max_backoff_s=args.max_backoff, timeout_s=args.timeout, deadline_s=args.deadline, max_bytes=args.max_bytes,
         allowed_types=tuple(args.allowed_types), user_agent=args.user_agent,
         respect_robots=not args.ignore_robots, progress=not args.no_progress)
     try:

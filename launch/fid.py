@@ -9,9 +9,12 @@
 sample once), an image folder, or an ``.npz`` with ``mu``/``sigma`` (ours,
 pytorch-fid's or clean-fid's); ``--fake`` also takes a generator checkpoint
 (rosinality, NVlabs or ours), sampled with per-sample seeds so the images do
-not depend on the number of ranks. Real statistics are cached in
-``--cache-dir``. Prints one JSON line (on the main process) and, with
-``--tb``, writes a TensorBoard scalar ``Metrics/<protocol>``.
+not depend on the number of ranks. An image file whose header declares more
+than 67 MP (``datasets.imageio.MAX_PIXELS``) is skipped and counted without
+being decoded; a manifest naming shards outside its folder is refused unless
+--allow-external-shards. Real statistics are cached in ``--cache-dir``.
+Prints one JSON line (on the main process) and, with ``--tb``, writes a
+TensorBoard scalar ``Metrics/<protocol>``.
 
 The detector is the TF Inception of 2015-12-05: pytorch-fid's
 pt_inception-2015-12-05-6726825d.pth or NVIDIA's inception-2015-12-05.pt,
@@ -27,8 +30,10 @@ import os
 import sys
 from pathlib import Path
 
+from datasets.errors import DataError
+
 PREPROCESS = ("tf", "clean", "torch-bilinear")
-USER_ERRORS = (FileNotFoundError, ValueError)
+USER_ERRORS = (FileNotFoundError, ValueError, DataError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fid50k_full: all real vs 50k generated; fid10k: 10k vs 10k; custom: --num-gen/--max-real")
     p.add_argument("--num-gen", type=int, default=None, help="custom: generated images (or images used from --fake)")
     p.add_argument("--max-real", type=int, default=None, help="custom: use at most this many real images")
+    p.add_argument("--allow-external-shards", action="store_true",
+                   help="follow manifest shard names outside the manifest's folder (other folders, '..', other "
+                        "URLs); only for manifests you wrote. Without it such a manifest is refused (exit 2)")
     add_detector_args(p)
     p.add_argument("--kid", action="store_true", help="also compute KID (mean and std over subsets)")
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
@@ -117,7 +125,7 @@ def open_source(spec: str, limit: int | None, args: argparse.Namespace, device, 
     if spec.endswith(".npz"):
         return None
     if "://" in spec or spec.endswith(".json") or (p / "manifest.json").is_file():
-        return ShardSource(spec, limit)
+        return ShardSource(spec, limit, allow_external=args.allow_external_shards)
     if p.is_dir():
         return FolderSource(spec, limit)
     if p.is_file():

@@ -17,9 +17,13 @@ character's images are spread over all the shards rather than filling one or
 two of them; --keep-order writes them in listing (path) order instead.
 
 Rerunning the same command resumes an interrupted run (or reports that the
-output is complete). Rejected inputs never stop the run: they are listed in
-the manifest with their reasons, and a summary is printed as the last line
-(one JSON object).
+output is complete). --out must be new, empty or an output of make_shards:
+a folder holding other files is refused (exit 2), and only files make_shards
+names as its own are ever deleted there. Rejected inputs never stop the run:
+inputs over --max-file-bytes or --max-pixels are refused before they are read
+or decoded; every rejected input is listed in the manifest with its reason,
+their counts go to stderr, and a summary is printed as the last line (one
+JSON object).
 """
 
 from __future__ import annotations
@@ -56,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-samples", type=int, default=d.shard_samples, help="samples per shard (at most)")
     p.add_argument("--shard-bytes", type=float, default=d.shard_bytes, help="bytes per shard (at most)")
     p.add_argument("--min-size", type=int, default=d.min_size, help="shortest accepted side / face box edge")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest accepted input (pixels)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest accepted input in pixels, read from the image header before decoding")
+    p.add_argument("--max-file-bytes", type=int, default=d.max_file_bytes,
+                   help="largest accepted input file or zip member in bytes, checked before reading it "
+                        "(a zip bomb is refused from its directory entry)")
     p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 16), help="processes (0: inline)")
     p.add_argument("--upscaler", help="module:function(img, size) -> img, for crops smaller than --size")
     p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
@@ -85,12 +93,20 @@ def make_listing(args: argparse.Namespace) -> Listing:
     return lmdb_items(args.input, args.lmdb_size)
 
 
+def _job_in(out: str) -> str | None:
+    try:
+        return job_in(out)
+    except DataError:  # whatever is there, it is not an output of ours
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = WriterConfig(out=args.out, image_size=args.size, encoding=args.encoding,
                        jpeg_quality=args.jpeg_quality, shard_samples=args.shard_samples,
                        shard_bytes=int(args.shard_bytes), min_size=args.min_size, max_pixels=args.max_pixels,
-                       workers=args.workers, upscaler=args.upscaler, dedup=not args.no_dedup)
+                       max_file_bytes=args.max_file_bytes, workers=args.workers, upscaler=args.upscaler,
+                       dedup=not args.no_dedup)
     listing = None
     try:
         listing = make_listing(args)
@@ -100,10 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         m = write_shards(ordered, cfg, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        if listing is not None and not args.keep_order and job_in(args.out) == job_key(cfg, listing):
+        if listing is not None and not args.keep_order and _job_in(args.out) == job_key(cfg, listing):
             print("  (that output holds these inputs in listing order, as make_shards wrote them before it "
                   "shuffled by default: add --keep-order to resume or keep it)", file=sys.stderr)
         return 2
+    if m["rejected"]:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in m["rejected_counts"].items())
+        print(f"[shards] rejected {len(m['rejected'])} inputs ({reasons}); the manifest lists each with its reason",
+              file=sys.stderr)
     print(json.dumps({"out": args.out, "samples": m["num_samples"], "shards": len(m["shards"]),
                       "rejected": m["rejected_counts"], "duplicates": m["num_duplicates"],
                       "labels": len(m["labels"])}))

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from datasets.errors import DataError
-from datasets.imageio import IMAGE_SUFFIXES, image_files
+from datasets.imageio import IMAGE_SUFFIXES, image_files, open_image
 from datasets.loader import LoaderConfig, ShardLoader
 
 
@@ -69,7 +69,7 @@ class ImageSource:
 
     def _read(self, f: Path) -> np.ndarray | None:
         try:
-            with Image.open(f) as im:
+            with open_image(f) as im:  # a header declaring too many pixels is refused before decoding
                 im.load()
                 if im.mode != "RGB":
                     self.notes[f"converted from {im.mode} to RGB"] += 1
