@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from tests.untrusted_checkpoints import CASES, TINY_G, gan_checkpoint, seal
-from tests.untrusted_harness import run_attack
+from tests.untrusted_harness import params, run_attack
 from trainer.model_io import CheckpointError as FileError
 from trainer.networks import Generator, GeneratorConfig
 from trainer.run.checkpoint import CheckpointError, CheckpointManager
 from trainer.run.safe_dcp import read_metadata
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_crafted_folder_is_refused_cleanly(case, tmp_path):
     with contextlib.ExitStack() as stack:
         attack = case.build(tmp_path, stack)

@@ -18,13 +18,13 @@ from datasets.images import decode_array
 from datasets.loader import LoaderConfig, ShardLoader, load_shard_set
 from datasets.shards import WriterConfig, write_shards
 from datasets.sources import folder_items
-from tests.untrusted_harness import run_attack
+from tests.untrusted_harness import params, run_attack
 from tests.untrusted_ingest import CASES, pixel_bomb, png, trickle_server, write_shard, write_zip_bomb
 
 PEAK_MB = 1024
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_a_crafted_input_is_refused_cleanly(case, tmp_path):
     with contextlib.ExitStack() as stack:
         attack = case.build(tmp_path, stack)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from eval.inception import read_torchscript_tensors
-from tests.untrusted_harness import run_attack
+from tests.untrusted_harness import params, run_attack
 from tests.untrusted_pickles import (CASES, Storage, Tensor, legacy_bytes, op_global, op_long, op_str,
                                      write_torch_zip)
 from trainer.model_io import CheckpointError, UnsafeCheckpointError
@@ -24,7 +24,7 @@ from trainer.model_io.safe_pickle import (MAX_MODULE_DEPTH, PersistentRecord, fl
 from trainer.networks.weights import WeightsError
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", params(CASES))
 def test_crafted_file_is_refused_cleanly(case, tmp_path):
     with contextlib.ExitStack() as stack:
         attack = case.build(tmp_path, stack)

@@ -190,9 +190,9 @@ def export_truncated_metadata(tmp: Path, stack: contextlib.ExitStack) -> Attack:
 
 CASES: list[Case] = [
     Case("ckpt_export_metadata_code", export_metadata_code),
-    Case("ckpt_resume_metadata_code", resume_metadata_code),
-    Case("ckpt_encoder_metadata_code", encoder_metadata_code),
-    Case("ckpt_resume_pickled_value_code", resume_pickled_value_code),
-    Case("ckpt_export_tensor_as_pickle", export_tensor_as_pickle),
-    Case("ckpt_export_truncated_metadata", export_truncated_metadata),
+    Case("ckpt_resume_metadata_code", resume_metadata_code, slow=True),
+    Case("ckpt_encoder_metadata_code", encoder_metadata_code, slow=True),
+    Case("ckpt_resume_pickled_value_code", resume_pickled_value_code, slow=True),
+    Case("ckpt_export_tensor_as_pickle", export_tensor_as_pickle, slow=True),
+    Case("ckpt_export_truncated_metadata", export_truncated_metadata, slow=True),
 ]

@@ -4,7 +4,7 @@ A case builds its crafted input in a scratch folder (small files: a bomb declare
 rather than containing it) and names the command that reads it, the file its payload would
 write if any code ran, and user files that must survive. ``run_attack`` runs the command in
 its own process under a memory and time limit and reports the exit code, the peak resident
-memory (``os.wait4``'s ru_maxrss of that one child), whether the marker appeared and which
+memory (``os.wait4``'s ru_maxrss of that one command, read by a small launcher process), whether the marker appeared and which
 user files changed. The tests (tests/test_untrusted_*.py) and ``benchmarks/untrusted.py``
 share these cases.
 """
@@ -12,10 +12,12 @@ share these cases.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,15 @@ class Case:
     """Short id, used as the test id and in the benchmark's output."""
     build: Callable[[Path, contextlib.ExitStack], Attack]
     """Writes the crafted input below the folder; may start servers in the stack."""
+    slow: bool = False
+    """Run only by `make test-all` and the benchmark: the fast suite keeps one case per kind of file."""
+
+
+def params(cases: list[Case]) -> list:
+    """The cases as pytest parameters, the slow ones marked slow."""
+    import pytest
+
+    return [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else []) for c in cases]
 
 
 @dataclass
@@ -66,43 +77,44 @@ class Result:
                 and attack.expect_message in self.stderr.lower() and "Traceback" not in self.stderr)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+# A child's ru_maxrss includes the resident size of the process that started it (Linux
+# carries it across exec), so a small launcher process starts the command and reports the
+# command's own peak. The command caps its address space, then runs as `python -m` would.
+_RUN = ("import resource, runpy, sys; "
+        "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1]))); "
+        "sys.argv = sys.argv[2:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)")
+_LAUNCH = ("import json, os, subprocess, sys; "
+           "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], *sys.argv[3:]]); "
+           "_, status, ru = os.wait4(p.pid, 0); rc = os.waitstatus_to_exitcode(status); "
+           "open(sys.argv[2], 'w').write(json.dumps({'rc': rc, 'maxrss_kb': ru.ru_maxrss})); sys.exit(rc % 256)")
 
 
 def run_attack(name: str, attack: Attack) -> Result:
     """Runs the attack's command in a child process and measures it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     t0 = time.time()
-    with open(os.devnull, "rb") as stdin, subprocess.Popen(
-            [sys.executable, "-m", *attack.argv], cwd=ROOT, env=env, stdin=stdin, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, preexec_fn=_limit_memory) as proc:
-        rc, rusage, stderr = _wait(proc, attack.timeout)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage.json"
+        with open(os.devnull, "rb") as stdin, subprocess.Popen(
+                [sys.executable, "-c", _LAUNCH, _RUN, str(report), str(MEMORY_LIMIT), *attack.argv], cwd=ROOT,
+                env=env, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True) as proc:
+            stderr, hung = _communicate(proc, attack.timeout)
+        measured = json.loads(report.read_text()) if report.is_file() else None
+    rc = None if hung or measured is None else measured["rc"]
+    peak_mb = measured["maxrss_kb"] / 1024 if measured else float("nan")
     lost = [str(p) for p, data in attack.user_files.items() if not p.is_file() or p.read_bytes() != data]
-    return Result(name=name, exit_code=rc, peak_mb=rusage.ru_maxrss / 1024 if rusage else float("nan"),
-                  seconds=time.time() - t0, code_executed=bool(attack.marker and attack.marker.exists()),
-                  user_files_lost=lost, stderr=stderr)
+    return Result(name=name, exit_code=rc, peak_mb=peak_mb, seconds=time.time() - t0,
+                  code_executed=bool(attack.marker and attack.marker.exists()), user_files_lost=lost,
+                  stderr=stderr)
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int | None, resource.struct_rusage | None, str]:
-    """(exit code or None when killed for time, the child's own rusage, its stderr)."""
-    chunks: list[bytes] = []
-    deadline = time.time() + timeout
-    os.set_blocking(proc.stderr.fileno(), False)
-    killed = False
-    while True:
-        with contextlib.suppress(BlockingIOError, TypeError):
-            if data := proc.stderr.read():
-                chunks.append(data)
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.time() > deadline and not killed:
-            proc.kill()
-            killed = True
-        time.sleep(0.05)
-    with contextlib.suppress(BlockingIOError, TypeError):
-        if data := proc.stderr.read():
-            chunks.append(data)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-    return (None if killed else proc.returncode), rusage, b"".join(chunks).decode(errors="replace")
+def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, bool]:
+    """(stderr, whether it hung): past ``timeout`` the launcher and the command are killed."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+        return err.decode(errors="replace"), False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's session: the command too
+        _, err = proc.communicate()
+        return err.decode(errors="replace"), True

@@ -220,9 +220,9 @@ def _manifest_to(name_of: Callable[[Path], str], reader: str) -> Callable[[Path,
 CASES: list[Case] = [
     Case("make_shards_user_files", user_files_in_out),
     Case("make_shards_zip_bomb", zip_bomb),
-    Case("fid_pixel_bomb", pixel_bomb_in_fid),
+    Case("fid_pixel_bomb", pixel_bomb_in_fid, slow=True),
     Case("crawl_slow_server", slow_server),
     Case("manifest_file_url_outside",
          _manifest_to(lambda tmp: (tmp / "other" / "shard-000000.tar").as_uri(), "loader")),
-    Case("manifest_dotdot_outside", _manifest_to(lambda tmp: "../other/shard-000000.tar", "fid")),
+    Case("manifest_dotdot_outside", _manifest_to(lambda tmp: "../other/shard-000000.tar", "fid"), slow=True),
 ]

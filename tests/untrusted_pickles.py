@@ -232,10 +232,10 @@ def _legacy_storage(tmp: Path, stack: contextlib.ExitStack) -> Attack:
 
 CASES: list[Case] = [
     Case("pickle-object-array", _object_array),
-    Case("pickle-huge-array", _huge_array),
+    Case("pickle-huge-array", _huge_array, slow=True),
     Case("pickle-shared-records", _shared_tree),
-    Case("pickle-cyclic-record", _cyclic_tree),
+    Case("pickle-cyclic-record", _cyclic_tree, slow=True),
     Case("pt-zip-bomb-generate", _zip_bomb_generate),
-    Case("pt-zip-bomb-sefa-factors", _zip_bomb_sefa),
-    Case("pt-legacy-declared-storage", _legacy_storage),
+    Case("pt-zip-bomb-sefa-factors", _zip_bomb_sefa, slow=True),
+    Case("pt-legacy-declared-storage", _legacy_storage, slow=True),
 ]
