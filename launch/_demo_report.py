@@ -64,7 +64,7 @@ def make_sheets(out: Path) -> dict[str, str]:
     for run, pattern in (("gan_source", "fakes-tick*.png"), ("gan_target", "fakes-tick*.png"),
                          ("encoder_source", "reconstructions-tick*.png"),
                          ("encoder_target", "reconstructions-tick*.png")):
-        grid = _latest(out / run, pattern)
+        grid = _latest(out / run, pattern) or _latest(out / run, "grid.png")  # a shipped G: launch.generate's grid
         if grid is not None:
             with Image.open(grid) as im:
                 sheets[run] = _save(im, folder / f"{run}.png")

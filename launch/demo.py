@@ -7,7 +7,10 @@ the small configs launch/configs/demo_*.yaml:
 
   data            draw photo-like faces and cartoon characters (launch.make_demo_data),
                   write shards (launch.make_shards)
-  gan_source      train a 32 px source generator on the photo-like faces
+  gan_source      the source generator: by default the shipped 32 px one
+                  (launch/weights/demo_source_32px.pt, made by
+                  launch/configs/demo_source_pretrain.yaml), sampled into gan_source/;
+                  with --source train, trained here from scratch (demo_source.yaml)
   gan_target      fine-tune it to the characters with ADA and FreezeSG
   encoder_source  ReStyle encoder: photos -> source generator
   encoder_target  ReStyle encoder: characters -> G_swap
@@ -32,6 +35,7 @@ demo's stages with each other only, and the report says so.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -42,6 +46,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path("launch") / "configs"  # commands run in the repository root
+SHIPPED_SOURCE = Path("launch") / "weights" / "demo_source_32px.pt"
+"""The demo's stand-in for an FFHQ generator: 32 px, trained by demo_source_pretrain.yaml."""
+SHIPPED_SOURCE_SHA256 = "c8a88f093dcb8b4ffc84fe106957431d7b82b8511d0186366894810c38aad6df"
 
 
 @dataclass
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="STAGE", default=None,
                    help="run only these stages (their inputs must exist)")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo data")
+    p.add_argument("--source", choices=["shipped", "train"], default="shipped",
+                   help="source generator: the shipped pretrained one (as a real run starts from FFHQ's) or "
+                        "one trained here from scratch in a few minutes (faces, but little variety)")
     p.add_argument("--kimg-scale", type=float, default=1.0,
                    help="multiply every training stage's length (run.total_kimg, run.tick_kimg); 0.05 for a smoke run")
     return p
@@ -105,11 +115,36 @@ def detector(weights_dir: str) -> str:
     return "untrained"
 
 
+def verify_shipped_source() -> None:
+    """Raises SystemExit unless the shipped source generator is the file the docs describe."""
+    path = ROOT / SHIPPED_SOURCE
+    if not path.is_file():
+        raise SystemExit(f"[demo] {SHIPPED_SOURCE} is missing: restore it (git checkout -- {SHIPPED_SOURCE}) "
+                         f"or train a source generator here with --source train")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_SOURCE_SHA256:
+        raise SystemExit(f"[demo] {SHIPPED_SOURCE} has sha256 {digest}, not the shipped {SHIPPED_SOURCE_SHA256} "
+                         f"(a Git LFS pointer or a changed file): restore it or use --source train")
+
+
+def source_stage(args: argparse.Namespace, o: Path, shards: Path) -> tuple[Stage, Path]:
+    """The gan_source stage and the source generator's path the later stages read."""
+    if args.source == "train":
+        return Stage("gan_source", "train the source generator on photo-like faces", [
+            ["launch.train_gan", "--config", str(CONFIGS / "demo_source.yaml"), "--resume", "auto",
+             *length("demo_source.yaml", args.kimg_scale),
+             f"run.dir={o / 'gan_source'}", f"loader.data={shards / 'photos'}"]]), o / "gan_source" / "network.pt"
+    return Stage("gan_source", f"sample the shipped source generator ({SHIPPED_SOURCE})", [
+        ["launch.generate", "--ckpt", str(SHIPPED_SOURCE), "--seeds", "0-15", "--outdir", str(o / "gan_source")]],
+        distributed=False), SHIPPED_SOURCE
+
+
 def stages(args: argparse.Namespace) -> list[Stage]:
     """Every stage's commands, with the run folder's paths filled in."""
     o = run_folder(args.out)
     data, shards = o / "data", o / "shards"
-    gs, gt = o / "gan_source" / "network.pt", o / "gan_target" / "network.pt"
+    source, gs = source_stage(args, o, shards)
+    gt = o / "gan_target" / "network.pt"
     es, et = o / "encoder_source" / "encoder-restyle.pt", o / "encoder_target" / "encoder-restyle.pt"
     det = ["--detector", detector(args.weights_dir)]
     shard = ["--kind", "folder", "--size", "32", "--min-size", "32"]
@@ -123,10 +158,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
             ["launch.make_shards", *shard, "--input", str(data / "photos" / "train"), "--out", str(shards / "photos")],
             ["launch.make_shards", *shard, "--labels", "subfolder", "--input", str(data / "characters"),
              "--out", str(shards / "characters")]], distributed=False),
-        Stage("gan_source", "train the source generator on photo-like faces", [
-            ["launch.train_gan", "--config", str(CONFIGS / "demo_source.yaml"), "--resume", "auto",
-             *length("demo_source.yaml", args.kimg_scale),
-             f"run.dir={o / 'gan_source'}", f"loader.data={shards / 'photos'}"]]),
+        source,
         Stage("gan_target", "fine-tune it to the characters (ADA, FreezeSG, FreezeD)", [
             ["launch.train_gan", "--config", str(CONFIGS / "demo_target.yaml"), "--resume", "auto",
              *length("demo_target.yaml", args.kimg_scale),
@@ -250,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown stage(s) {unknown}; stages: {', '.join(known)}", file=sys.stderr)
         return 2
+    if args.source == "shipped":
+        verify_shipped_source()
     (out / "stages").mkdir(parents=True, exist_ok=True)
     start = time.time()
     for i, stage in enumerate(plan, 1):

@@ -62,9 +62,37 @@ def test_every_stage_command_is_accepted_by_its_command(tmp_path):
                 assert args.resume == "auto"
 
 
+def test_the_source_generator_is_the_shipped_one_or_trained_here(tmp_path):
+    shipped = {s.name: s for s in demo.stages(_args(tmp_path))}
+    assert shipped["gan_source"].commands == [["launch.generate", "--ckpt", str(demo.SHIPPED_SOURCE), "--seeds",
+                                               "0-15", "--outdir", str(demo.run_folder(str(tmp_path / "run"))
+                                                                       / "gan_source")]]
+    assert f"model.init={demo.SHIPPED_SOURCE}" in shipped["gan_target"].commands[0]
+    trained = {s.name: s for s in demo.stages(_args(tmp_path, "--source", "train"))}
+    assert trained["gan_source"].commands[0][0] == "launch.train_gan"
+    init = [a for a in trained["gan_target"].commands[0] if a.startswith("model.init=")]
+    assert init == [f"model.init={demo.run_folder(str(tmp_path / 'run')) / 'gan_source' / 'network.pt'}"]
+
+
+def test_the_shipped_source_generator_is_checked_before_any_stage(tmp_path, monkeypatch):
+    demo.verify_shipped_source()  # the committed file has the recorded hash
+    from trainer.model_io import load_checkpoint
+
+    ck = load_checkpoint(str(ROOT / demo.SHIPPED_SOURCE))  # and is a generator the pipeline reads
+    assert ck.g_ema is not None and ck.d is not None
+    monkeypatch.setattr(demo, "SHIPPED_SOURCE_SHA256", "0" * 64)
+    with pytest.raises(SystemExit, match="sha256"):
+        demo.main(["--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    monkeypatch.setattr(demo, "SHIPPED_SOURCE", Path("launch") / "weights" / "missing.pt")
+    with pytest.raises(SystemExit, match="missing"):
+        demo.verify_shipped_source()
+
+
 def test_kimg_scale_shortens_every_training_stage(tmp_path):
-    plan = {s.name: s for s in demo.stages(_args(tmp_path, "--kimg-scale", "0.1"))}
-    for name, config in (("gan_source", "demo_source.yaml"), ("encoder_target", "demo_encoder_target.yaml")):
+    plan = {s.name: s for s in demo.stages(_args(tmp_path, "--kimg-scale", "0.1", "--source", "train"))}
+    for name, config in (("gan_source", "demo_source.yaml"), ("gan_target", "demo_target.yaml"),
+                         ("encoder_target", "demo_encoder_target.yaml")):
         full = yaml.safe_load((ROOT / "launch" / "configs" / config).read_text())["run"]["total_kimg"]
         assert f"run.total_kimg={full * 0.1:g}" in plan[name].commands[0]
 
@@ -90,10 +118,11 @@ def test_finished_stages_are_skipped_and_a_failed_one_reruns(tmp_path, monkeypat
     argv = ["--out", str(tmp_path / "run"), "--launcher", "python"]
     with pytest.raises(SystemExit) as e:
         demo.main(argv)
-    assert "gan_source failed (exit 7)" in str(e.value)
+    assert "gan_target failed (exit 7)" in str(e.value)
     stages = tmp_path / "run" / "stages"
-    assert sorted(p.stem for p in stages.glob("*.json")) == ["data"]  # the failed stage left no record
-    assert calls == ["launch.make_demo_data", "launch.make_shards", "launch.make_shards", "launch.train_gan"]
+    assert sorted(p.stem for p in stages.glob("*.json")) == ["data", "gan_source"]  # the failed one: no record
+    assert calls == ["launch.make_demo_data", "launch.make_shards", "launch.make_shards", "launch.generate",
+                     "launch.train_gan"]
 
     calls.clear()
     assert demo.main(argv) == 0
@@ -205,20 +234,20 @@ def _demo(out: Path, *extra: str, **kw) -> subprocess.Popen:
 def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     out = tmp_path / "demo"
     first = _demo(out)
-    ckpts = out / "gan_source" / "checkpoints"
+    ckpts = out / "gan_target" / "checkpoints"
     deadline = time.time() + 300
     while not any(ckpts.glob("ckpt-*")) and first.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     assert first.poll() is None, first.stdout.read()
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C reaches the demo and the stage it runs
     assert first.wait(120) == 130, first.stdout.read()
-    assert not (out / "stages" / "gan_source.json").exists()
+    assert not (out / "stages" / "gan_target.json").exists()
 
     second = _demo(out)
     log, _ = second.communicate(timeout=1500)
     assert second.returncode == 0, log
     assert "data: done earlier" in log
-    assert "resum" in (out / "gan_source" / "log.txt").read_text()  # continued from the checkpoint
+    assert "resum" in (out / "gan_target" / "log.txt").read_text()  # continued from the checkpoint
     m = json.loads((out / "metrics.json").read_text())
     for key in ("fid_gan_source", "fid_gan_source_vs_characters", "fid_gan_target"):
         assert np.isfinite(m[key]["fid"]) and m[key]["n_fake"] == 8
@@ -232,3 +261,16 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     assert linked == [f"sheets/{n}.png" for n in ("data", "gan_source", "gan_target", "encoder_source",
                                                   "encoder_target", "cartoons_character0")]
     assert all((out / f).is_file() for f in linked)
+
+
+@pytest.mark.slow
+def test_full_demo_meets_every_probe_threshold(tmp_path):
+    """The whole demo at its real size (about 10 minutes on 2 cores): every check of
+    eval.probe.THRESHOLDS passes, the bar docs/demo.md states."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    r = subprocess.run([sys.executable, "-m", "launch.demo", "--out", str(tmp_path / "demo")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    checks = json.loads((tmp_path / "demo" / "metrics.json").read_text())["probe"]["checks"]
+    failed = [c for c in checks if not c["passed"]]
+    assert len(checks) >= 11 and failed == [], failed
