@@ -111,7 +111,6 @@ def run_on_every_rank(run, args: argparse.Namespace, errors: tuple[type[BaseExce
     except errors as e:
         result, error = None, f"{type(e).__name__}: {e}"
     found = [e for e in dist.gather_objects(error) if e]
-    dist.close()  # every rank is here: tear gloo/NCCL down before exit (else an abort at exit, now and then)
     if found and dist.is_main:
         print(f"error: {found[0]}", file=sys.stderr)
     return dist, (None if found else result)

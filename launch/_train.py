@@ -53,7 +53,6 @@ def run_training(args: argparse.Namespace, cfg_cls: type, resolve: Callable, loo
     start, cfg = result
     try:
         loop(cfg, dist, start).close()
-        dist.close()  # only on success: after an error a peer may never reach the barrier
     except USER_ERRORS as e:
         print(f"error (rank {dist.rank}): {type(e).__name__}: {e}", file=sys.stderr)
         return 2
