@@ -35,6 +35,27 @@ def test_rank_deficient_matches_sqrtm():
     assert ours == pytest.approx(ref, rel=1e-6)
 
 
+def test_exact_low_rank_factor_matches_the_eigen_decomposition_and_sqrtm(tmp_path):
+    # Statistics from features carry X_c^T / sqrt(N - ddof); statistics without it (a
+    # pytorch-fid file) take the eigen-decomposition path: both agree with sqrtm.
+    rng = np.random.default_rng(5)
+    a = feature_stats(rng.standard_normal((12, 96)) @ rng.standard_normal((96, 96)) * 0.1)
+    b = feature_stats(rng.standard_normal((9, 96)) + 0.3, ddof=0)
+    assert a.factor.shape == (96, 12) and b.factor.shape == (96, 9)
+    np.testing.assert_allclose(a.factor @ a.factor.T, a.sigma, atol=1e-12 * np.abs(a.sigma).max())
+    bare = [FeatureStats(s.mu, s.sigma, s.n, s.ddof) for s in (a, b)]
+    exact, eig, ref = frechet_distance(a, b), frechet_distance(*bare), scipy_fid(a, b)
+    assert exact == pytest.approx(eig, rel=1e-9) and exact == pytest.approx(ref, rel=1e-6)
+    # Full-rank statistics keep no factor (Cholesky is cheap there).
+    assert feature_stats(rng.standard_normal((200, 8))).factor is None
+    # The factor survives a file; one that does not factor the file's sigma is refused.
+    again, _ = load_npz(a.save_npz(tmp_path / "a.npz"))
+    assert np.array_equal(again.factor, a.factor) and frechet_distance(again, b) == exact
+    np.savez(tmp_path / "bad.npz", mu=a.mu, sigma=a.sigma, factor=a.factor * 1.01)
+    with pytest.raises(ValueError, match="not a factor"):
+        load_npz(tmp_path / "bad.npz")
+
+
 def test_trace_term_of_known_matrices():
     # Commuting diagonal covariances: tr sqrt(S1 S2) = sum sqrt(d1 * d2).
     d1, d2 = np.array([1.0, 4.0, 9.0, 0.0]), np.array([4.0, 1.0, 1.0, 7.0])
