@@ -53,9 +53,17 @@ def shuffle_items(listing: Listing, seed: int = 0) -> Listing:
     order sorts on a hash of (seed, item): a pure function of the items and the seed
     (a resumed run gets the same order, whatever numpy's generators do), and the
     description records it, so a shuffled and an unshuffled run are different jobs.
+    Paths enter the hash relative to the listing's root: the same data copied to another
+    folder (another user, a test's temporary folder) is written in the same order.
     """
+    root = str(listing.description.get("path") or "")
+
+    def rel(v):
+        return v.replace(root, "", 1) if root and isinstance(v, str) else v
+
     def key(it: Item) -> bytes:
-        return hashlib.sha256(json.dumps([seed, it.source, it.ref, it.label, it.crop]).encode()).digest()
+        blob = [seed, rel(it.source), [rel(r) for r in it.ref], it.label, it.crop]
+        return hashlib.sha256(json.dumps(blob).encode()).digest()
 
     return Listing(sorted(listing.items, key=key), list(listing.rejects),
                    {**listing.description, "order": "shuffled", "order_seed": seed})

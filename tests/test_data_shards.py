@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -390,6 +391,12 @@ def test_make_shards_spreads_each_character_over_the_shards_unless_told_to_keep_
     assert mixed["sources"][0]["order"] == "shuffled" and mixed["sources"][0]["order_seed"] == 0
     assert shard_cli(four_characters, tmp_path / "again") == 0  # the order is a function of inputs and seed
     assert json.loads((tmp_path / "again" / "manifest.json").read_text())["samples"] == mixed["samples"]
+    # ... of the inputs relative to their folder: a copy elsewhere is written in the same order.
+    copy = shutil.copytree(four_characters, tmp_path / "elsewhere" / "chars")
+    assert shard_cli(copy, tmp_path / "copied") == 0
+    rel = [(r["source"].split("/chars/")[-1], r["label"])
+           for r in json.loads((tmp_path / "copied" / "manifest.json").read_text())["samples"]]
+    assert rel == [(r["source"].split(f"{four_characters.name}/")[-1], r["label"]) for r in mixed["samples"]]
     assert shard_cli(four_characters, tmp_path / "seed1", "--order-seed", "1") == 0
     assert json.loads((tmp_path / "seed1" / "manifest.json").read_text())["samples"] != mixed["samples"]
 
