@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="run folder of the demo (every stage writes below it)")
     p.add_argument("--photos", type=int, default=512, help="photo-like training faces")
+    p.add_argument("--test-photos", type=int, default=32,
+                   help="held-out photo-like faces, cartoonized and measured by the probe (16 left the "
+                        "CDSM shares to 1/16 steps and its position error to chance)")
     p.add_argument("--characters", type=int, default=4, help="cartoon characters (64 images each)")
     p.add_argument("--cartoon-characters", type=int, default=2,
                    help="characters the held-out photos are cartoonized as")
@@ -153,8 +156,8 @@ def stages(args: argparse.Namespace) -> list[Stage]:
            "--kid", "--batch", "16", *det, "--cache-dir", str(o / "fid_cache")]
     return [
         Stage("data", "draw the two-domain faces and write shards", [
-            ["launch.make_demo_data", "--out", str(data), "--photos", str(args.photos), "--characters",
-             str(args.characters), "--seed", str(args.seed)],
+            ["launch.make_demo_data", "--out", str(data), "--photos", str(args.photos), "--test-photos",
+             str(args.test_photos), "--characters", str(args.characters), "--seed", str(args.seed)],
             ["launch.make_shards", *shard, "--input", str(data / "photos" / "train"), "--out", str(shards / "photos")],
             ["launch.make_shards", *shard, "--labels", "subfolder", "--input", str(data / "characters"),
              "--out", str(shards / "characters")]], distributed=False),
@@ -271,7 +274,8 @@ def records(out: Path) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.kimg_scale <= 0 or min(args.photos, args.characters, args.cartoon_characters, args.k) < 1 \
+    if args.kimg_scale <= 0 or min(args.photos, args.test_photos, args.characters, args.cartoon_characters,
+                                   args.k) < 1 \
             or args.fid_images < 2:
         print("error: --kimg-scale must be > 0, counts >= 1 and --fid-images >= 2", file=sys.stderr)
         return 2

@@ -219,8 +219,8 @@ def test_report_opens_with_the_probe_checks_and_their_numbers(tmp_path):
     assert checks["target_g.character_share"]["passed"] is False and checks["target_g.coverage"]["passed"] is None
 
 
-SMOKE = ["--photos", "32", "--characters", "2", "--cartoon-characters", "1", "--k", "4", "--fid-images", "8",
-         "--kimg-scale", "0.05"]
+SMOKE = ["--photos", "32", "--test-photos", "8", "--characters", "2", "--cartoon-characters", "1", "--k", "4",
+         "--fid-images", "8", "--kimg-scale", "0.05"]
 
 
 def _demo(out: Path, *extra: str, **kw) -> subprocess.Popen:
