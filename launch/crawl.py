@@ -24,6 +24,7 @@ from datasets.crawl import DEFAULT_TYPES, CrawlConfig, crawl
 from datasets.errors import DataError
 from launch._args import int_list
 from launch._args import fail
+from trainer.run.lock import LockedError, local_folder_lock
 
 
 def parse_list(text: str) -> list[str]:
@@ -70,10 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         max_backoff_s=args.max_backoff, timeout_s=args.timeout, deadline_s=args.deadline, max_bytes=args.max_bytes,
         allowed_types=tuple(args.allowed_types), user_agent=args.user_agent,
         respect_robots=not args.ignore_robots, progress=not args.no_progress)
+    lock = local_folder_lock(str(args.out), "python -m launch.crawl")
     try:
+        if lock is not None:
+            lock.acquire()  # two crawlers would write the same files and manifest
         summary = crawl(cfg)
-    except DataError as e:
+    except (DataError, LockedError) as e:
         fail(f"error: {e}")
+    finally:
+        if lock is not None:
+            lock.release()
     print(json.dumps(summary, sort_keys=True))
     return 0
 

@@ -37,6 +37,7 @@ from datasets.errors import DataError
 from datasets.faces import read_landmarks
 from datasets.shards import WriterConfig, job_in, job_key, shuffle_items, write_shards
 from datasets.sources import LABEL_RULES, Listing, box_items, face_items, folder_items, lmdb_items
+from trainer.run.lock import LockedError, local_folder_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,18 +109,24 @@ def main(argv: list[str] | None = None) -> int:
                        max_file_bytes=args.max_file_bytes, workers=args.workers, upscaler=args.upscaler,
                        dedup=not args.no_dedup)
     listing = None
+    lock = local_folder_lock(args.out, "python -m launch.make_shards")
     try:
+        if lock is not None:
+            lock.acquire()  # two writers would rewrite each other's shards and progress records
         listing = make_listing(args)
         print(f"[shards] {len(listing.items)} inputs from {args.input} ({args.kind}); "
               f"{len(listing.rejects)} refused while listing", file=sys.stderr)
         ordered = listing if args.keep_order else shuffle_items(listing, args.order_seed)
         m = write_shards(ordered, cfg, progress=not args.quiet, log=lambda s: print(s, file=sys.stderr))
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, LockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         if listing is not None and not args.keep_order and _job_in(args.out) == job_key(cfg, listing):
             print("  (that output holds these inputs in listing order, as make_shards wrote them before it "
                   "shuffled by default: add --keep-order to resume or keep it)", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     if m["rejected"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in m["rejected_counts"].items())
         print(f"[shards] rejected {len(m['rejected'])} inputs ({reasons}); the manifest lists each with its reason",

@@ -36,6 +36,7 @@ from trainer.run.log import RunLog
 from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
 from trainer.run.start import Start, changed_settings
+from trainer.run.stop import stop_point
 from trainer.run.steps import (NonFiniteError, check_batch, counters, make_loader, restore_rank, resumed_note,
                                synced_step)
 
@@ -109,12 +110,14 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
     total_nimg = int(round(cfg.run.total_kimg * 1000))
     done = cur_nimg >= total_nimg
 
-    def save() -> None:
+    def save() -> str:
         train["counters"] = counters(step, cur_nimg, tick, tick_nimg, bad_steps)
         train["scale"] = scale.state_dict()
         meta_out = {"step": step, "nimg": cur_nimg, "world": dist.world, "run_dir": str(start.run_dir),
                     "config": to_dict(cfg), "g_config": net.decoder.cfg.to_dict(), "enc_config": net.encoder.cfg.to_dict()}
-        log.info(f"checkpoint {ckpt.save(step, state, {'rng': rng_state(), 'loader': loader.state_dict()}, meta_out)}")
+        path = ckpt.save(step, state, {'rng': rng_state(), 'loader': loader.state_dict()}, meta_out)
+        log.info(f"checkpoint {path}")
+        return path
 
     # Train.
     while not done:
@@ -151,6 +154,8 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
             raise NonFiniteError(f"losses or gradients were NaN/Inf {bad_steps} steps in a row (kimg "
                                  f"{cur_nimg / 1000:.3f}); saved the last good state. Check the data, lower "
                                  "optim.lr, or train with model.mixed_precision=no.")
+        if not done:  # a stop request (signal, stop file, launcher gone) agreed by every rank
+            stop_point(start.stop, dist, save, log.info)
 
         # Tick: report, reconstruction grid, checkpoint, export.
         if not done and cur_nimg < tick_nimg + cfg.run.tick_kimg * 1000:

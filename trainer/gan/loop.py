@@ -30,6 +30,7 @@ from trainer.run.distributed import Dist, rng_state, seed_rank
 from trainer.run.log import RunLog
 from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
+from trainer.run.stop import stop_point
 from trainer.run.steps import NonFiniteError, check_batch, make_loader, restore_rank, resumed_note, synced_step
 
 __all__ = ["NonFiniteError", "PHASES", "run_phase", "sample_grid", "training_loop"]
@@ -132,7 +133,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     total_nimg = int(round(cfg.run.total_kimg * 1000))
     done = cur_nimg >= total_nimg
 
-    def save() -> None:
+    def save() -> str:
         train["counters"] = counters(step, cur_nimg, tick, tick_nimg, bad_steps)
         train["scale_G"], train["scale_D"] = scale_G.state_dict(), scale_D.state_dict()
         meta_out = {"step": step, "nimg": cur_nimg, "world": dist.world, "run_dir": str(start.run_dir),
@@ -140,6 +141,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
                     "src_config": G_src.cfg.to_dict() if G_src is not None else None}
         path = ckpt.save(step, state, {"rng": rng_state(), "loader": loader.state_dict()}, meta_out)
         log.info(f"checkpoint {path}")
+        return path
 
     # Train.
     while not done:
@@ -184,6 +186,8 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
             raise NonFiniteError(f"a phase had NaN/Inf losses or gradients {bad_steps} times in a row (kimg "
                                  f"{cur_nimg / 1000:.3f}); saved the last good state. Check the data, "
                                  f"lower the learning rates, or train with model.mixed_precision=no.")
+        if not done:  # a stop request (signal, stop file, launcher gone) agreed by every rank
+            stop_point(start.stop, dist, save, log.info)
 
         # Tick: report, grids, checkpoint.
         if not done and cur_nimg < tick_nimg + cfg.run.tick_kimg * 1000:

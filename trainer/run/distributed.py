@@ -12,6 +12,7 @@ hooks to miss), and makes every rank hold identical weights by construction.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,11 +23,14 @@ from torch import nn
 class Dist:
     """Rank, world and collectives; a no-op layer when run as one process."""
 
-    def __init__(self, cpu: bool | None = None):
+    def __init__(self, cpu: bool | None = None, timeout_s: float | None = None):
         from accelerate import PartialState  # only the launch layer knows about accelerate
 
         cpu = cpu if cpu is not None else os.environ.get("ACCELERATE_USE_CPU", "0").lower() in ("1", "true")
-        self.state = PartialState(cpu=cpu)
+        # The timeout bounds every collective: ranks waiting for one that died fail after it
+        # instead of hanging until the job's time limit.
+        extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        self.state = PartialState(cpu=cpu, **extra)
         self.rank, self.world = self.state.process_index, self.state.num_processes
         self.local_rank = self.state.local_process_index
         self.device = self.state.device

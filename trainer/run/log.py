@@ -44,6 +44,9 @@ class RunLog:
         self.logger = logging.getLogger(f"{name}.{self.dir.name}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
+        for h in list(self.logger.handlers):  # left by a run of this folder in this process that ended
+            self.logger.removeHandler(h)      # on an exception (a stop request, an error) before close()
+            h.close()
         self._tb = None
         self.started = time.time()
         if not active:

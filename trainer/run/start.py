@@ -8,13 +8,14 @@ the checkpoint's meta.json, so the original starting files are not needed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets.remote import join, read_json
 from trainer.run.checkpoint import CheckpointError, CheckpointManager
 from trainer.run.config import ConfigError
 from trainer.run.log import latest_run_dir, next_run_dir
+from trainer.run.stop import StopRequest
 
 
 @dataclass
@@ -48,11 +49,25 @@ class RunConfig:
     """Images in the fixed-seed grid written every tick."""
     max_nonfinite: int = 20
     """Consecutive steps with NaN/Inf losses or gradients before the run saves and stops."""
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGINT"])
+    """Signals that stop the run gracefully: the step in flight ends on every rank, a checkpoint
+    is written, the command exits 75 ("requeue me"). An empty list keeps Python's defaults."""
+    stop_file: str | None = None
+    """A file whose appearance stops the run the same way (rank 0 looks once a second);
+    $TOONMIX_STOP_FILE, when set, takes its place (the Slurm scripts set it per job)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a collective waits for the other ranks before the run fails (a rank that died,
+    OOM or kill -9): passed to the process group. Read from --config and the overrides before
+    the group exists, so a value saved only in a checkpoint's configuration is not used."""
     check_sync: bool = False
     """After every phase, verify that all ranks hold bitwise-identical gradients and weights
     (a hash gathered from every rank; slow, for debugging and tests)."""
 
     def __post_init__(self) -> None:
+        if self.collective_timeout_s <= 0:
+            raise ValueError("run.collective_timeout_s must be > 0")
+        from trainer.run.stop import signal_numbers
+        signal_numbers(self.stop_signals)  # names an unknown signal now, not at start
         if min(self.ckpt_ticks, self.keep_ckpts, self.max_nonfinite, self.grid_size) < 1 or self.export_ticks < 0:
             raise ValueError("run.ckpt_ticks, run.keep_ckpts, run.max_nonfinite and run.grid_size must be >= 1, "
                              "run.export_ticks >= 0")
@@ -67,6 +82,8 @@ class Start:
     """Checkpoint folder to load, or None for a fresh start."""
     meta: dict | None
     """The checkpoint's meta.json (config, architecture, counters)."""
+    stop: StopRequest | None = None
+    """This process's stop request, installed by the command once the run is resolved."""
 
 
 def resolve_start(raw: dict, resume: str | None, defaults: RunConfig, required: tuple[str, ...]) -> Start:

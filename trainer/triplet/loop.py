@@ -31,6 +31,7 @@ from trainer.run.log import RunLog
 from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
 from trainer.run.start import Start, changed_settings
+from trainer.run.stop import stop_point
 from trainer.run.steps import NonFiniteError, check_batch, counters, restore_rng, resumed_note, synced_step
 from trainer.triplet.config import TripletConfig
 
@@ -122,11 +123,13 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
     total_nimg = int(round(cfg.run.total_kimg * 1000))
     done = cur_nimg >= total_nimg
 
-    def save() -> None:
+    def save() -> str:
         train["counters"] = counters(step, cur_nimg, tick, tick_nimg, bad_steps)
         meta = {"step": step, "nimg": cur_nimg, "world": dist.world, "run_dir": str(start.run_dir),
                 "config": to_dict(cfg), "kind": "triplet"}
-        log.info(f"checkpoint {ckpt.save(step, state, {'rng': rng_state()}, meta)}")
+        path = ckpt.save(step, state, {'rng': rng_state()}, meta)
+        log.info(f"checkpoint {path}")
+        return path
 
     # Train.
     while not done:
@@ -150,6 +153,8 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
             save()
             raise NonFiniteError(f"the triplet loss or its gradients were NaN/Inf {bad_steps} steps in a row; "
                                  "saved the last good state. Lower optim.lr.")
+        if not done:  # a stop request (signal, stop file, launcher gone) agreed by every rank
+            stop_point(start.stop, dist, save, log.info)
 
         # Tick: report, grid, checkpoint, export.
         if not done and cur_nimg < tick_nimg + cfg.run.tick_kimg * 1000:
