@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -260,3 +261,73 @@ def test_two_processes_save_then_load_at_world_1_and_2(tmp_path):
         assert loaded[k][0]["state"] == want and loaded[k][0]["rank_state"] == rank_state_for(k)["loader"]
         assert loaded[k][1]["state"] == want
     assert loaded[0][1]["rank_state"] == rank_state_for(0)["loader"] and loaded[1][1]["rank_state"] is None
+
+
+# ----------------------------------------------------------------------------
+# A save cut short at each of its stages (the functions it calls made to fail, as a crash
+# or a full disk would leave it), then a resume.
+
+def _fail_dcp(*a, **k):
+    raise CheckpointError("injected: died before any shard was written")
+
+
+def _fail_rank_file(url, data):
+    raise OSError("injected: died between the shards and the rank file")
+
+
+def _full_disk(url, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("stage", ["before_any_shard", "between_shards_and_rank_file", "before_marker", "enospc"])
+def test_a_save_cut_short_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch, stage):
+    import trainer.run.checkpoint as ck
+
+    mgr = CheckpointManager(str(tmp_path), keep=1)
+    state, _ = make_state()
+    mgr.save(1, state, {"n": 1}, {"step": 1})
+    saved = digest(state)
+    with torch.no_grad():
+        state["G"].body.weight.add_(1.0)  # what the failed save held
+    real_write_json = ck.write_json
+
+    def fail_at_marker(url, obj):
+        if url.endswith(ck.MARKER):
+            raise OSError("injected: died before the marker")
+        real_write_json(url, obj)
+    faults = {"before_any_shard": ("_run_dcp", _fail_dcp), "between_shards_and_rank_file": ("atomic_write",
+              _fail_rank_file), "before_marker": ("write_json", fail_at_marker), "enospc": ("atomic_write", _full_disk)}
+    name, fake = faults[stage]
+    monkeypatch.setattr(ck, name, fake)
+    with pytest.raises(CheckpointError, match="was not completed") as e:
+        mgr.save(2, state, {"n": 2}, {"step": 2})
+    assert f"{tmp_path / 'ckpt-000000001'}, is kept" in str(e.value)
+    assert ("the disk is full" in str(e.value)) == (stage == "enospc")
+    monkeypatch.undo()
+
+    resumed, _ = make_state()
+    assert mgr.latest() == str(tmp_path / "ckpt-000000001")
+    rank_state, meta = mgr.load(mgr.latest(), resumed)
+    assert digest(resumed) == saved and rank_state == {"n": 1} and meta == {"step": 1}
+    mgr.save(3, state, {"n": 3}, {"step": 3})  # the next save replaces both
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000003"]
+
+
+def test_pruning_cut_short_keeps_the_new_checkpoint_and_a_later_save_finishes_it(tmp_path, monkeypatch, capsys):
+    import trainer.run.checkpoint as ck
+
+    mgr = CheckpointManager(str(tmp_path), keep=1)
+    state, _ = make_state()
+    mgr.save(1, state, {}, {"step": 1})
+    real_remove = ck.CheckpointManager._remove
+
+    def remove_marker_then_die(self, path):
+        os.remove(os.path.join(path, ck.MARKER))
+        raise OSError("injected: died while deleting")
+    monkeypatch.setattr(ck.CheckpointManager, "_remove", remove_marker_then_die)
+    assert mgr.save(2, state, {}, {"step": 2}) == str(tmp_path / "ckpt-000000002")
+    assert "could not remove an old checkpoint" in capsys.readouterr().err
+    assert mgr.latest() == str(tmp_path / "ckpt-000000002") and [s for s, _ in mgr.list_complete()] == [2]
+    monkeypatch.setattr(ck.CheckpointManager, "_remove", real_remove)
+    mgr.save(3, state, {}, {"step": 3})
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000000003"]

@@ -23,9 +23,11 @@ allow-list unpickler, ``weights_only=True``), the rank files through
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -122,6 +124,13 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """``e`` and the exceptions it was raised from."""
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _read(url: str, parse: Callable[[bytes], Any]) -> Any:
     try:
         return parse(read_bytes(url))
@@ -161,7 +170,24 @@ class CheckpointManager:
     # ------------------------------------------------------------------ saving
 
     def save(self, step: int, state: dict, rank_state: dict, meta: dict) -> str:
-        """Writes checkpoint ``step`` (every rank calls it); returns the folder URL."""
+        """Writes checkpoint ``step`` (every rank calls it); returns the folder URL.
+
+        A failure at any point (a full disk, a crash) leaves the folder without its marker,
+        which no load reads; older checkpoints are pruned only after the new one is complete."""
+        try:
+            return self._save(step, state, rank_state, meta)
+        except (CheckpointError, OSError) as e:
+            if isinstance(e, CheckpointError) and "rank_state must hold" in str(e):
+                raise
+            kept = self.latest()
+            full = any(getattr(x, "errno", None) == errno.ENOSPC for x in _chain(e)) or "No space left" in str(e)
+            raise CheckpointError(
+                f"checkpoint {self.folder(step)} was not completed: {_reason(e)}"
+                + ("; the disk is full: free space or set run.ckpt_url elsewhere" if full else "")
+                + (f". The newest complete checkpoint, {kept}, is kept and --resume auto starts there"
+                   if kept else ". No earlier complete checkpoint exists")) from e
+
+    def _save(self, step: int, state: dict, rank_state: dict, meta: dict) -> str:
         path = self.folder(step)
         buf = io.BytesIO()
         torch.save(rank_state, buf)
@@ -183,7 +209,12 @@ class CheckpointManager:
             files = {info["name"].rstrip("/").rsplit("/", 1)[-1]: int(info["size"])
                      for info in fs.ls(p, detail=True) if info["type"] == "file"}
             write_json(join(path, MARKER), {"step": step, "world": self.world, "files": files})
-            self._prune()
+            try:  # the new checkpoint is complete: a pruning cut short only leaves old folders behind
+                self._prune()
+            except OSError as e:
+                print(f"[checkpoint] could not remove an old checkpoint under {self.root} ({_reason(e)}); "
+                      "a folder without its marker is never loaded and is removed by a later save",
+                      file=sys.stderr, flush=True)
         _barrier()
         return path
 
