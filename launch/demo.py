@@ -38,11 +38,14 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from trainer.run.stop import WATCH_PARENT_ENV, die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path("launch") / "configs"  # commands run in the repository root
@@ -220,18 +223,70 @@ def launch_prefix(module: str, distributed: bool, launcher: str) -> tuple[list[s
     return [*acc, *flags, "-m", module], f"accelerate launch {' '.join(flags)} -m {module}"
 
 
+STOP_GRACE_S = 120
+"""Seconds a stage's command gets to finish its step and write its checkpoint after a stop."""
+
+
 def run_command(argv: list[str], log) -> int:
-    """Runs one command, showing its output live (progress bars included) and appending it to ``log``."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    """Runs one command, showing its output live (progress bars included) and appending it to ``log``.
+
+    The command dies with the demo: it gets SIGTERM when the demo exits, however it exits
+    (PR_SET_PDEATHSIG), and a trainer below it watches its own launcher the same way
+    ($TOONMIX_WATCH_PARENT), so no process outlives the demo. On Ctrl-C or SIGTERM to the
+    demo alone, the command is told to stop (trainers save a checkpoint) and waited for."""
+    env = {**os.environ, WATCH_PARENT_ENV: "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                            preexec_fn=_own_group_dying_with_parent)
     try:
         while chunk := os.read(proc.stdout.fileno(), 4096):
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
             log.write(chunk)
             log.flush()
-    finally:  # on Ctrl-C the child got the signal too: let it write what it writes on the way out
-        rc = proc.wait()
-    return rc
+    except KeyboardInterrupt:
+        stop_child(proc)
+        raise
+    return proc.wait()
+
+
+def _own_group_dying_with_parent() -> None:
+    """In the child before exec: its own process group (the demo signals the command and
+    everything it started as one), and SIGTERM when the demo exits."""
+    os.setpgrp()
+    die_with_parent()
+
+
+def stop_child(proc: subprocess.Popen) -> None:
+    """SIGTERM to the command's process group (a trainer saves first; a second request is
+    ignored by one already stopping), then a bounded wait until the whole group is gone."""
+    print(f"[demo] stopping the running command (pid {proc.pid}); a trainer writes a checkpoint first",
+          file=sys.stderr, flush=True)
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.time() + STOP_GRACE_S
+    while time.time() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+        time.sleep(0.2)
+    if _group_alive(proc.pid):
+        _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def run_stage(stage: Stage, args: argparse.Namespace, out: Path) -> tuple[float, list[str]]:
@@ -289,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "shipped":
         verify_shipped_source()
     (out / "stages").mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a job manager's stop: as Ctrl-C
     start = time.time()
     for i, stage in enumerate(plan, 1):
         if args.only and stage.name not in args.only:

@@ -230,6 +230,18 @@ def _demo(out: Path, *extra: str, **kw) -> subprocess.Popen:
                             start_new_session=True, **kw)
 
 
+def descendants(pid: int) -> list[int]:
+    kids = [int(k) for k in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    return kids + [g for k in kids for g in descendants(k)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     out = tmp_path / "demo"
@@ -239,9 +251,16 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     while not any(ckpts.glob("ckpt-*")) and first.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     assert first.poll() is None, first.stdout.read()
-    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C reaches the demo and the stage it runs
-    assert first.wait(120) == 130, first.stdout.read()
+    below = descendants(first.pid)  # accelerate's launcher and the trainer
+    assert len(below) >= 2
+    first.send_signal(signal.SIGINT)  # to the demo alone, as a job manager that signals one process does
+    assert first.wait(180) == 130, first.stdout.read()
+    deadline = time.time() + 30
+    while [p for p in below if alive(p)] and time.time() < deadline:
+        time.sleep(0.2)
+    assert [p for p in below if alive(p)] == []  # nothing outlives the demo
     assert not (out / "stages" / "gan_target.json").exists()
+    assert "stopped on request" in (out / "gan_target" / "log.txt").read_text()  # it saved on the way out
 
     second = _demo(out)
     log, _ = second.communicate(timeout=1500)
@@ -252,7 +271,7 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     for key in ("fid_gan_source", "fid_gan_source_vs_characters", "fid_gan_target"):
         assert np.isfinite(m[key]["fid"]) and m[key]["n_fake"] == 8
     cdsm = m["cartoonize"]["character0"]
-    assert cdsm["photos"] == 16 and np.isfinite(cdsm["metrics"]["cdsm"]["fid"])
+    assert cdsm["photos"] == 8 and np.isfinite(cdsm["metrics"]["cdsm"]["fid"])
     assert [p["pass"] for p in m["encoder_source"]["passes"]] == [1, 2, 3]
     assert len(m["probe"]["checks"]) >= 10 and m["probe"]["probe"]["character_accuracy"] >= 0.95
     text = (out / "report.md").read_text()
