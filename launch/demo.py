@@ -344,7 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "shipped":
         verify_shipped_source()
     (out / "stages").mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a job manager's stop: as Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # a job manager's stop: as Ctrl-C
+    try:
+        return run_stages(plan, args, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_stages(plan: list[Stage], args: argparse.Namespace, out: Path) -> int:
+    """Runs the stages not done earlier, recording each; 130 when interrupted."""
     start = time.time()
     for i, stage in enumerate(plan, 1):
         if args.only and stage.name not in args.only:

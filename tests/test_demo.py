@@ -293,3 +293,12 @@ def test_full_demo_meets_every_probe_threshold(tmp_path):
     checks = json.loads((tmp_path / "demo" / "metrics.json").read_text())["probe"]["checks"]
     failed = [c for c in checks if not c["passed"]]
     assert len(checks) >= 11 and failed == [], failed
+
+
+def test_the_demo_hands_sigterm_back_when_it_returns(tmp_path, monkeypatch):
+    before = signal.getsignal(signal.SIGTERM)
+    during = []
+    monkeypatch.setattr(demo, "run_stages", lambda plan, args, out: during.append(signal.getsignal(signal.SIGTERM)))
+    demo.main(["--out", str(tmp_path / "demo")])
+    assert during == [demo._terminate_as_interrupt]  # SIGTERM to the demo is handled as Ctrl-C
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -38,6 +38,7 @@ def gan_args(shards: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
 # The request itself.
 
 def test_a_signal_or_the_stop_file_sets_the_request_and_a_second_signal_is_ignored(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGTERM)
     stop = StopRequest(["SIGUSR1", "term"], stop_file=None).install()
     try:
         assert not stop.local()
@@ -50,7 +51,7 @@ def test_a_signal_or_the_stop_file_sets_the_request_and_a_second_signal_is_ignor
         assert stop.reason == "SIGUSR1" and "SIGTERM ignored: writing the checkpoint" in capsys.readouterr().err
     finally:
         stop.uninstall()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before  # handed back
 
     flag = tmp_path / "STOP"
     by_file = StopRequest([], stop_file=str(flag), poll_s=0.0)
