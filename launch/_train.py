@@ -75,7 +75,8 @@ def run_training(args: argparse.Namespace, cfg_cls: type, resolve: Callable, loo
         if not collective_failed(e):
             raise
         print(f"error (rank {dist.rank}): a collective failed: another process of this run died or stalled "
-              f"longer than run.collective_timeout_s ({first_line(e)}). The last complete checkpoint is kept; "
+              f"longer than run.collective_timeout_s: {dist.gone_ranks()} ({first_line(e)}). "
+              f"The last complete checkpoint is kept; "
               f"exit {EXIT_REQUEUE}: requeue, or run again with --resume auto.", file=sys.stderr, flush=True)
         if lock is not None:
             lock.release()

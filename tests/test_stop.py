@@ -195,6 +195,8 @@ def test_the_survivor_of_a_dead_or_stalled_rank_exits_within_the_timeout(shards,
     out = proc.communicate(timeout=120)[0]
     assert survivor_exit < 6 + 10, out[-3000:]  # the timeout, plus a step in flight
     assert "a collective failed: another process of this run died or stalled" in out and "exit 75" in out
+    # kill -9 leaves no process: named; a stopped one still exists: the message says none is gone.
+    assert (f"rank(s) gone: 1 (pid {workers[1]})" if how == "SIGKILL" else "no rank of this host is gone") in out
 
 
 def test_make_shards_and_crawl_refuse_an_output_folder_in_use(tmp_path, capsys):

@@ -307,3 +307,21 @@ def test_persistent_nan_stops_with_a_checkpoint_of_the_last_good_state(files, tm
     bad = [k for k, v in flat.items() if torch.is_tensor(v) and k.startswith("net.encoder.") and not torch.isfinite(v).all()]
     assert bad == []
     assert flat["train.counters.nonfinite"] == 3
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_its_stop_file_resumes_bitwise(files, tmp_path, monkeypatch):
+    from trainer.run.stop import EXIT_REQUEUE, STOP_FILE_ENV
+
+    feats = [f"loader.data={files['faces']}", f"decoder.source={files['g_src']}", *TINY_ENC, "loss.lpips=0",
+             "loss.id=0", "optim.batch=4", "optim.n_iters=2", "run.tick_kimg=0.008", "run.ckpt_ticks=100",
+             "run.total_kimg=0.016"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_inprocess([*feats, f"run.dir={full}"], monkeypatch) == 0
+    (tmp_path / "STOP").touch()  # there from the start: the run stops after its first step of four
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "STOP"))
+    assert run_inprocess([*feats, f"run.dir={cut}"], monkeypatch) == EXIT_REQUEUE
+    monkeypatch.delenv(STOP_FILE_ENV)
+    assert "stopped on request (stop file" in (cut / "log.txt").read_text()
+    assert run_inprocess([*feats, f"run.dir={cut}", "--resume", "auto"], monkeypatch) == 0
+    assert_same_final_state(full, cut, tmp_path, 1)

@@ -11,7 +11,9 @@ hooks to miss), and makes every rank hold identical weights by construction.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +37,37 @@ class Dist:
         self.local_rank = self.state.local_process_index
         self.device = self.state.device
         self.is_main = self.state.is_main_process
+        self._announce()
+
+    def _announce(self) -> None:
+        """Leaves (host, pid) under this rank's key in the process group's store, so that a
+        survivor of a failed collective can name the ranks that are gone."""
+        if self.distributed:
+            try:
+                dist.distributed_c10d._get_default_store().set(
+                    f"toonmix/rank{self.rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+            except Exception:  # noqa: BLE001 - naming ranks is a courtesy; training needs none of it
+                pass
+
+    def gone_ranks(self) -> str:
+        """After a failed collective: the other ranks whose process no longer exists on this host,
+        and those on other hosts that cannot be checked from here."""
+        gone, unknown = [], []
+        try:
+            store = dist.distributed_c10d._get_default_store()
+            store.set_timeout(timedelta(seconds=2))
+            for r in range(self.world):
+                if r == self.rank:
+                    continue
+                who = json.loads(store.get(f"toonmix/rank{r}"))
+                if who["host"] != socket.gethostname():
+                    unknown.append(f"{r} ({who['host']})")
+                elif not _pid_alive(int(who["pid"])):
+                    gone.append(f"{r} (pid {who['pid']})")
+        except Exception as e:  # noqa: BLE001 - the store may have died with rank 0
+            return f"the ranks could not be checked ({type(e).__name__})"
+        found = f"rank(s) gone: {', '.join(gone)}" if gone else "no rank of this host is gone"
+        return found + (f"; on other hosts, not checkable here: {', '.join(unknown)}" if unknown else "")
 
     @property
     def distributed(self) -> bool:
@@ -120,6 +153,20 @@ class Dist:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
         return 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
 
 
 def seed_rank(seed: int, rank: int, nimg: int = 0) -> None:
