@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import signal
 import sys
 import time
 from collections import Counter
@@ -368,6 +369,16 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
+def _leave_stops_to_main(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGTERM: a signal to the whole process group (Ctrl-C,
+    Slurm's scancel, a job manager's killpg) must reach the trainer, which finishes its step
+    and saves, not kill a worker under it (the trainer would then fail on the lost worker).
+    Workers still end with the trainer: DataLoader shuts them down, and each one exits by
+    itself within seconds when its parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Per-rank loader over a shard set; ``mode`` is ``"train"`` or ``"eval"``.
 
@@ -425,7 +436,7 @@ class ShardLoader:
         # A private generator: DataLoader draws its worker base seed from it, and drawing
         # from the global RNG would shift a resumed trainer's random stream.
         gen = torch.Generator().manual_seed(self.stream_seed)
-        return DataLoader(ds, batch_size=None, num_workers=self.cfg.workers,
+        return DataLoader(ds, batch_size=None, num_workers=self.cfg.workers, worker_init_fn=_leave_stops_to_main,
                           pin_memory=self.cfg.pin_memory, generator=gen, **kw)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -227,3 +227,30 @@ def test_the_fault_benchmark_counts_steps_between_the_last_logged_step_and_the_r
     assert steps_lost(run) == 2  # a crash after step 4: steps 3 and 4 are trained again
     (run / "log.txt").write_text(log)
     assert steps_lost(run) == -1
+
+
+def _worker_then_sleep(ready) -> None:
+    from datasets.loader import _leave_stops_to_main
+
+    _leave_stops_to_main(0)
+    ready.set()
+    time.sleep(60)
+
+
+def test_loader_workers_leave_sigterm_and_sigint_to_the_trainer():
+    # A signal to the whole process group must not kill a loader worker under a trainer that is saving.
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_worker_then_sleep, args=(ready,))
+    worker.start()
+    try:
+        assert ready.wait(10)
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGINT)
+        worker.join(0.5)
+        assert worker.is_alive()
+    finally:
+        worker.kill()
+        worker.join()
