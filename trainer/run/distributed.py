@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .lock import process_start
+
 
 class Dist:
     """Rank, world and collectives; a no-op layer when run as one process."""
@@ -62,7 +64,7 @@ class Dist:
                 who = json.loads(store.get(f"toonmix/rank{r}"))
                 if who["host"] != socket.gethostname():
                     unknown.append(f"{r} ({who['host']})")
-                elif not _pid_alive(int(who["pid"])):
+                elif process_start(int(who["pid"])) is None:
                     gone.append(f"{r} (pid {who['pid']})")
         except Exception as e:  # noqa: BLE001 - the store may have died with rank 0
             return f"the ranks could not be checked ({type(e).__name__})"
@@ -153,20 +155,6 @@ class Dist:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
         return 0.0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except OSError:
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
 
 
 def seed_rank(seed: int, rank: int, nimg: int = 0) -> None:

@@ -28,12 +28,12 @@ class LockedError(RuntimeError):
     """Another live process holds the folder."""
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if no such process.
-    Tells a live holder from a new process that reused its pid."""
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None if no such process or
+    only its zombie is left. Tells a live process from a new one that reused its pid."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         try:
             os.kill(pid, 0)
@@ -49,7 +49,7 @@ def _holder_alive(holder: dict) -> bool | None:
     if holder.get("host") != socket.gethostname():
         return None
     try:
-        started = _process_start(int(holder["pid"]))
+        started = process_start(int(holder["pid"]))
     except (KeyError, TypeError, ValueError):
         return False  # not a lock this code wrote: treated as stale
     return started is not None and started in ("unknown", holder.get("proc_start"))
@@ -69,7 +69,7 @@ class FolderLock:
         self.token = uuid.uuid4().hex
 
     def _record(self) -> dict:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _process_start(os.getpid()),
+        return {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": process_start(os.getpid()),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S"), "what": self.what, "token": self.token}
 
     def acquire(self) -> FolderLock:
