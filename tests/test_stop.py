@@ -114,6 +114,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # 9 s; the fast suite is at its budget (benchmarks/faults.py measures the same)
 def test_a_trainer_whose_launcher_is_killed_saves_and_exits(shards, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
