@@ -136,6 +136,35 @@ def test_a_trainer_whose_launcher_is_killed_saves_and_exits(shards, tmp_path):
     assert (run / "checkpoints").is_dir() and not (run / LOCK_NAME).exists()
 
 
+@pytest.mark.slow  # about 15 s each: real launchers start slowly
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_kill_9_of_a_real_launcher_leaves_no_trainer(launcher, shards, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("TOONMIX_WATCH_PARENT", None)  # each launcher must be recognised by what it sets
+    start = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+             if launcher == "torchrun" else
+             [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "launch/accelerate/cpu_test.yaml")])
+    proc = subprocess.Popen([*start, "-m", "launch.train_gan", *gan_args(shards, run, 100000)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "stats.jsonl").is_file() and stats(run)):
+        time.sleep(0.2)
+    trainers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    assert len(trainers) == (2 if launcher == "torchrun" else 1)
+    proc.kill()
+    proc.wait()
+    killed = time.time()
+    while time.time() - killed < 30 and any(_state(t) not in ("gone", "Z") for t in trainers):
+        time.sleep(0.1)
+    assert all(_state(t) in ("gone", "Z") for t in trainers), "a trainer outlived its launcher"
+    log = (run / "log.txt").read_text()
+    assert "stopped on request (SIGTERM)" in log or "stopped on request (launcher exited)" in log
+    assert (run / "checkpoints").is_dir() and not (run / LOCK_NAME).exists()
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -198,6 +227,29 @@ def test_the_survivor_of_a_dead_or_stalled_rank_exits_within_the_timeout(shards,
     assert "a collective failed: another process of this run died or stalled" in out and "exit 75" in out
     # kill -9 leaves no process: named; a stopped one still exists: the message says none is gone.
     assert (f"rank(s) gone: 1 (pid {workers[1]})" if how == "SIGKILL" else "no rank of this host is gone") in out
+
+
+def test_the_missing_ranks_are_named_from_what_each_left_in_the_store():
+    import torch.distributed as tdist
+
+    from trainer.run.distributed import missing_ranks
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store = tdist.HashStore()
+    here = socket.gethostname()
+    ranks = [(here, os.getpid()), (here, int(dead.stdout)), ("node-7", 4242), (here, os.getpid())]
+    for r, (host, pid) in enumerate(ranks):
+        store.set(f"toonmix/rank{r}", json.dumps({"host": host, "pid": pid}))
+    for r, n in enumerate([12, 11, 10, 12]):  # rank 0 waits in its 12th collective
+        store.set(f"toonmix/reached{r}", str(n))
+    assert missing_ranks(store, 0, 4) == (
+        "rank(s) behind: 1 (never reached collective 12; its last was 11), 2 (never reached collective 12; its "
+        f"last was 10); rank(s) gone: 1 (pid {int(dead.stdout)}); processes on other hosts, not checkable here: "
+        "2 (node-7)")
+    for r in (1, 2):
+        store.set(f"toonmix/reached{r}", "12")  # a rank stalled inside the same collective
+    assert missing_ranks(store, 3, 4).startswith("every rank reached collective 12 (one may have stalled inside it); "
+                                                 f"rank(s) gone: 1 (pid {int(dead.stdout)})")
 
 
 def test_make_shards_and_crawl_refuse_an_output_folder_in_use(tmp_path, capsys):

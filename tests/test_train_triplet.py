@@ -75,13 +75,20 @@ def test_loss_falls_and_only_the_target_layers_train(files, tmp_path, monkeypatc
     assert (run / "triplets-tick00004.png").is_file() and (run / "config.yaml").is_file()
 
 
-def test_resume_continues_bitwise(files, tmp_path, monkeypatch):
+def test_resume_continues_bitwise_after_an_end_and_after_a_stop_request(files, tmp_path, monkeypatch):
+    from trainer.run.stop import EXIT_REQUEUE, STOP_FILE_ENV
+
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert cli.main(argv(files, straight, "run.total_kimg=0.032")) == 0
     assert cli.main(argv(files, split, "run.total_kimg=0.016")) == 0
-    assert cli.main(["--resume", "latest"] + argv(files, split, "run.total_kimg=0.032")) == 0
-    assert "resumed from" in (split / "log.txt").read_text()
+    (tmp_path / "STOP").touch()  # there from the start: the resumed run stops after its first step
+    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "STOP"))
+    assert cli.main(["--resume", "latest"] + argv(files, split, "run.total_kimg=0.032")) == EXIT_REQUEUE
+    monkeypatch.delenv(STOP_FILE_ENV)
+    assert cli.main(["--resume", "auto"] + argv(files, split, "run.total_kimg=0.032")) == 0
+    log = (split / "log.txt").read_text()
+    assert log.count("resumed from") == 2 and "stopped on request (stop file" in log
     a = load_checkpoint(straight / "network.pt").generator().state_dict()
     b = load_checkpoint(split / "network.pt").generator().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -39,6 +39,7 @@ class Dist:
         self.local_rank = self.state.local_process_index
         self.device = self.state.device
         self.is_main = self.state.is_main_process
+        self._collectives = 0
         self._announce()
 
     def _announce(self) -> None:
@@ -51,25 +52,25 @@ class Dist:
             except Exception:  # noqa: BLE001 - naming ranks is a courtesy; training needs none of it
                 pass
 
+    def _arrive(self) -> None:
+        """Counts this rank's collectives and leaves the count in the store (one small write per
+        collective) before entering one, so that after a failed collective the ranks that never
+        reached it can be named, whatever their host: a stalled rank as well as a dead one."""
+        if self.distributed:
+            self._collectives += 1
+            try:
+                dist.distributed_c10d._get_default_store().set(f"toonmix/reached{self.rank}", str(self._collectives))
+            except Exception:  # noqa: BLE001 - as in _announce
+                pass
+
     def gone_ranks(self) -> str:
-        """After a failed collective: the other ranks whose process no longer exists on this host,
-        and those on other hosts that cannot be checked from here."""
-        gone, unknown = [], []
+        """After a failed collective: which ranks are missing, as far as the store tells."""
         try:
             store = dist.distributed_c10d._get_default_store()
             store.set_timeout(timedelta(seconds=2))
-            for r in range(self.world):
-                if r == self.rank:
-                    continue
-                who = json.loads(store.get(f"toonmix/rank{r}"))
-                if who["host"] != socket.gethostname():
-                    unknown.append(f"{r} ({who['host']})")
-                elif process_start(int(who["pid"])) is None:
-                    gone.append(f"{r} (pid {who['pid']})")
+            return missing_ranks(store, self.rank, self.world)
         except Exception as e:  # noqa: BLE001 - the store may have died with rank 0
-            return f"the ranks could not be checked ({type(e).__name__})"
-        found = f"rank(s) gone: {', '.join(gone)}" if gone else "no rank of this host is gone"
-        return found + (f"; on other hosts, not checkable here: {', '.join(unknown)}" if unknown else "")
+            return f"the ranks could not be checked ({type(e).__name__}; the store lives with rank 0)"
 
     @property
     def distributed(self) -> bool:
@@ -77,6 +78,7 @@ class Dist:
 
     def barrier(self) -> None:
         if self.distributed:
+            self._arrive()
             dist.barrier()
 
     def close(self) -> None:
@@ -89,12 +91,14 @@ class Dist:
     def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         """In-place mean over ranks (float tensors)."""
         if self.distributed:
+            self._arrive()
             dist.all_reduce(t)
             t /= self.world
         return t
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.distributed:
+            self._arrive()
             dist.all_reduce(t)
         return t
 
@@ -102,6 +106,7 @@ class Dist:
         if not self.distributed:
             return obj
         box = [obj]
+        self._arrive()
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
@@ -109,6 +114,7 @@ class Dist:
         if not self.distributed:
             return [obj]
         out = [None] * self.world
+        self._arrive()
         dist.all_gather_object(out, obj)
         return out
 
@@ -118,6 +124,7 @@ class Dist:
         if not self.distributed:
             return [obj]
         out = [None] * self.world if self.is_main else None
+        self._arrive()
         dist.gather_object(obj, out, dst=0)
         return out
 
@@ -125,6 +132,7 @@ class Dist:
     def broadcast_module(self, module: nn.Module, src: int = 0) -> None:
         """Copies rank ``src``'s parameters and buffers to every rank (identical starts)."""
         if self.distributed:
+            self._arrive()
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=src)
 
@@ -155,6 +163,36 @@ class Dist:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
         return 0.0
+
+
+def missing_ranks(store: Any, rank: int, world: int) -> str:
+    """Names, from what every rank left in the store: the ranks that never reached the collective
+    this rank waits in (fewer collectives counted, whatever their host), the ranks of this host
+    whose process is gone, and the other hosts' ranks, whose process cannot be checked from here.
+    A rank stalled inside the very collective this one waits in has the same count: then no rank
+    is "behind", and the message says so."""
+    gone, unknown, behind = [], [], []
+    reached = {r: _stored_int(store, f"toonmix/reached{r}") for r in range(world)}
+    for r in range(world):
+        if r == rank:
+            continue
+        if reached[r] is not None and reached[rank] is not None and reached[r] < reached[rank]:
+            behind.append(f"{r} (never reached collective {reached[rank]}; its last was {reached[r]})")
+        who = json.loads(store.get(f"toonmix/rank{r}"))
+        if who["host"] != socket.gethostname():
+            unknown.append(f"{r} ({who['host']})")
+        elif process_start(int(who["pid"])) is None:
+            gone.append(f"{r} (pid {who['pid']})")
+    found = [f"rank(s) behind: {', '.join(behind)}" if behind else
+             f"every rank reached collective {reached[rank]} (one may have stalled inside it)"]
+    found.append(f"rank(s) gone: {', '.join(gone)}" if gone else "no rank of this host is gone")
+    if unknown:
+        found.append(f"processes on other hosts, not checkable here: {', '.join(unknown)}")
+    return "; ".join(found)
+
+
+def _stored_int(store, key: str) -> int | None:
+    return int(store.get(key)) if store.check([key]) else None
 
 
 def seed_rank(seed: int, rank: int, nimg: int = 0) -> None:
