@@ -5,8 +5,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +25,21 @@ def torchrun(module: str, nproc: int, argv: list[str], timeout: int = 400) -> su
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return r
+
+
+def sigterm_during(module: str, nproc: int, argv: list[str], run_dir: Path, after_ticks: int = 2) -> str:
+    """Starts ``module`` on ``nproc`` processes like ``torchrun`` and, once ``after_ticks`` ticks are
+    logged, sends SIGTERM to every process (as Slurm and Kubernetes do): a step the test does not
+    choose. Returns the output once all exited."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(nproc), "-m", module, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run_dir / "stats.jsonl").is_file() and len(stats(run_dir)) >= after_ticks):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    return proc.communicate(timeout=120)[0].decode()
 
 
 def stats(run_dir: Path) -> list[dict]:

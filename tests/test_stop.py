@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from data_fixtures import face_shards
-from run_fixtures import assert_same_final_state, stats, torchrun
+from run_fixtures import assert_same_final_state, sigterm_during, stats, torchrun
 
 from launch import train_gan as cli
 from trainer.run.lock import LOCK_NAME, FolderLock, LockedError
@@ -83,19 +83,10 @@ def test_a_run_stopped_by_its_stop_file_saves_exits_75_and_resumes_bitwise(shard
 
 @pytest.mark.slow
 def test_sigterm_to_a_two_process_run_at_a_random_step_then_resume_is_bitwise(shards, tmp_path):
-    # Every process gets SIGTERM (as Slurm and Kubernetes send it) at a step the test does not choose.
     full, cut = tmp_path / "full", tmp_path / "cut"
     steps = 40
     torchrun("launch.train_gan", 2, gan_args(shards, full, steps))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "launch.train_gan", *gan_args(shards, cut, steps)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((cut / "stats.jsonl").is_file() and len(stats(cut)) >= 2):
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0].decode()
+    out = sigterm_during("launch.train_gan", 2, gan_args(shards, cut, steps), cut)
     assert "stopped on request (SIGTERM)" in (cut / "log.txt").read_text(), out[-3000:]
     stopped_at = stats(cut)[-1]["Progress/kimg"]
     assert stopped_at < steps * STEP_KIMG

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import face_shards
-from run_fixtures import assert_same_final_state, stats, torchrun
+from run_fixtures import assert_same_final_state, sigterm_during, stats, torchrun
 
 from datasets.imageio import save_png, to_uint8
 from launch import invert as invert_cli
@@ -310,18 +310,15 @@ def test_persistent_nan_stops_with_a_checkpoint_of_the_last_good_state(files, tm
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_its_stop_file_resumes_bitwise(files, tmp_path, monkeypatch):
-    from trainer.run.stop import EXIT_REQUEUE, STOP_FILE_ENV
-
+def test_sigterm_to_a_two_process_run_at_a_random_step_then_resume_is_bitwise(files, tmp_path):
     feats = [f"loader.data={files['faces']}", f"decoder.source={files['g_src']}", *TINY_ENC, "loss.lpips=0",
              "loss.id=0", "optim.batch=4", "optim.n_iters=2", "run.tick_kimg=0.008", "run.ckpt_ticks=100",
-             "run.total_kimg=0.016"]
+             "run.total_kimg=0.08"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_inprocess([*feats, f"run.dir={full}"], monkeypatch) == 0
-    (tmp_path / "STOP").touch()  # there from the start: the run stops after its first step of four
-    monkeypatch.setenv(STOP_FILE_ENV, str(tmp_path / "STOP"))
-    assert run_inprocess([*feats, f"run.dir={cut}"], monkeypatch) == EXIT_REQUEUE
-    monkeypatch.delenv(STOP_FILE_ENV)
-    assert "stopped on request (stop file" in (cut / "log.txt").read_text()
-    assert run_inprocess([*feats, f"run.dir={cut}", "--resume", "auto"], monkeypatch) == 0
-    assert_same_final_state(full, cut, tmp_path, 1)
+    torchrun("launch.train_encoder", 2, [*feats, f"run.dir={full}"])
+    out = sigterm_during("launch.train_encoder", 2, [*feats, f"run.dir={cut}"], cut)
+    assert "stopped on request (SIGTERM)" in (cut / "log.txt").read_text(), out[-3000:]
+    assert stats(cut)[-1]["Progress/kimg"] < 0.08
+    torchrun("launch.train_encoder", 2, [*feats, f"run.dir={cut}", "--resume", "auto"])
+    assert "resumed from" in (cut / "log.txt").read_text()
+    assert_same_final_state(full, cut, tmp_path, 2)

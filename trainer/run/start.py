@@ -57,8 +57,10 @@ class RunConfig:
     $TOONMIX_STOP_FILE, when set, takes its place (the Slurm scripts set it per job)."""
     collective_timeout_s: float = 600.0
     """Seconds a collective waits for the other ranks before the run fails (a rank that died,
-    OOM or kill -9): passed to the process group. Read from --config and the overrides before
-    the group exists, so a value saved only in a checkpoint's configuration is not used."""
+    OOM or kill -9): passed to the process group. Keep it above the longest wait some ranks have
+    for others: rank 0 writes grids and exports alone while the rest wait in the next collective.
+    Read from --config and the overrides before the group exists, so a value saved only in a
+    checkpoint's configuration is not used."""
     check_sync: bool = False
     """After every phase, verify that all ranks hold bitwise-identical gradients and weights
     (a hash gathered from every rank; slow, for debugging and tests)."""
