@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from trainer.model_io.atomic import torch_save_atomic
 from trainer.model_io.safe_pickle import torch_load
 from trainer.networks.generator import Generator
 from trainer.networks.stylespace import style_layers, synthesize, ws_to_styles
@@ -263,19 +262,7 @@ class LookUpTable:
         _check_plain(self.meta, "meta")
         payload = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "fingerprint": self.fingerprint,
                    "meta": self.meta, "entries": {n: e.to_dict() for n, e in self.entries.items()}}
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            # mkstemp creates 0600; a table is shared data, readable like any other output.
-            os.chmod(tmp, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        torch_save_atomic(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_fingerprint: str | None = None) -> LookUpTable:

@@ -174,8 +174,7 @@ def test_failed_save_keeps_the_existing_file(tmp_path, nets, monkeypatch):
     before = path.read_bytes()
 
     def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -185,3 +184,23 @@ def test_failed_save_keeps_the_existing_file(tmp_path, nets, monkeypatch):
     assert os.listdir(tmp_path) == ["r.pt"]
     with pytest.raises(CheckpointError, match="NVlabs"):
         save_checkpoint(tmp_path / "x.pkl", "nvlabs", g_ema=G)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_get_the_umasks_mode_not_0600(nets, tmp_path, umask):
+    # Other users of a shared folder read exports, conversions and tables like any other output.
+    from eval.cdsm import LookUpTable
+    from trainer.model_io.atomic import torch_save_atomic
+
+    G, g, D = nets
+    old = os.umask(umask)
+    try:
+        written = [save_checkpoint(tmp_path / "n.pt", "toonmix", g_ema=G, d=D),
+                   save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G, g=g),
+                   torch_save_atomic({"x": 1}, tmp_path / "sub" / "x.pt")]
+        LookUpTable("fp", {}).save(tmp_path / "lut.pt")
+    finally:
+        os.umask(old)
+    for path in [*written, tmp_path / "lut.pt"]:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~umask), path
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["lut.pt", "n.pt", "r.pt", "x.pt"]

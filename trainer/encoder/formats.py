@@ -11,13 +11,12 @@ for what this system trained, so ReStyle's scripts can read the file.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from trainer.model_io import CheckpointError
+from trainer.model_io.atomic import torch_save_atomic
 from trainer.model_io.build import build_generator, generator_config
 from trainer.model_io.safe_pickle import torch_load
 from trainer.networks.encoders import RESTYLE_TYPES, Encoder, EncoderConfig
@@ -43,17 +42,7 @@ def restyle_dict(net: ReStyle, opts: dict | None = None) -> dict:
 
 def save_restyle(path: str | Path, net: ReStyle, opts: dict | None = None) -> Path:
     """Writes ``restyle_dict`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(restyle_dict(net, opts), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return torch_save_atomic(restyle_dict(net, opts), path)
 
 
 def encoder_config(opts: dict, sd: dict[str, torch.Tensor], path: str | Path) -> EncoderConfig:

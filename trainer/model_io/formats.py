@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from trainer.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 from . import nvlabs
+from .atomic import torch_save_atomic
 from .build import build_discriminator, build_generator, discriminator_config, generator_config
 from .errors import CheckpointError
 from .safe_pickle import PersistentRecord, file_kind, load_nvlabs_pickle, torch_load
@@ -202,14 +201,4 @@ def save_checkpoint(path: str | Path, fmt: str, g_ema: Generator | None = None,
                               "(NVlabs pickles carry NVlabs' source code and are read-only here)")
     if g_ema is None and g is None and d is None:
         raise CheckpointError("nothing to save: give at least one network")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return torch_save_atomic(obj, path)
