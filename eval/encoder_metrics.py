@@ -38,7 +38,7 @@ def evaluate(net: ReStyle, batches: Iterable[tuple[list[str], torch.Tensor]], n_
                 sums[t][k] = sums[t].get(k, 0.0) + float(v.double().sum())
         n += x.shape[0]
         if progress:
-            print(f"\revaluated {n} images ({n / (time.time() - start):.1f} img/s)", end="", file=sys.stderr)
+            print(f"\revaluated {n} images ({rate_text(n, time.time() - start)})", end="", file=sys.stderr)
     if progress:
         print(file=sys.stderr)
     if n == 0:
@@ -46,3 +46,13 @@ def evaluate(net: ReStyle, batches: Iterable[tuple[list[str], torch.Tensor]], n_
     side = net.size
     return {"images": n, "size": side, "ms_ssim_scales": min(len(MS_SSIM_WEIGHTS), fitting_scales(side)),
             "passes": [{"pass": t + 1, **{k: v / n for k, v in s.items()}} for t, s in enumerate(sums)]}
+
+
+def rate_text(n: int, seconds: float) -> str:
+    """Progress speed: images per second, or seconds per image when slower than one a second
+    (a 1-decimal rate would read 0.0 img/s on a CPU that takes seconds per image)."""
+    seconds = max(seconds, 1e-9)
+    if n <= 0:
+        return f"0 images in {seconds:.1f} s"
+    rate = n / seconds
+    return f"{rate:.1f} img/s" if rate >= 1 else f"{seconds / n:.1f} s/img"

@@ -10,6 +10,11 @@ converted to RGB and resized to the encoder's input, with a count of what was
 changed; unreadable files are skipped and listed) or a shard folder (every
 sample once, in manifest order). The .npz holds ``latents`` [N, iters,
 n_styles, style_dim] (float32, pass by pass), ``names`` [N] and ``latent_avg``.
+
+Image files are resized as ReStyle's inference resizes them by default
+(``--resize bilinear``: torchvision's ``Resize((256, 256))`` on a PIL image,
+i.e. PIL's antialiased bilinear), so latents of images at another size match
+ReStyle's; ``--resize lanczos`` is sharper, so inputs and latents differ slightly.
 """
 
 from __future__ import annotations
@@ -32,12 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_inversion_args(p, "images to invert")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--recon", default=None, help="also write each final reconstruction as PNG into this folder")
+    p.add_argument("--resize", choices=["bilinear", "lanczos"], default="bilinear",
+                   help="PIL filter for image files of another size than the encoder's input: bilinear (default) "
+                        "is ReStyle's transforms.Resize((256, 256)), so latents match ReStyle's inference; "
+                        "lanczos is sharper, so inputs and latents differ slightly. Shard samples are always "
+                        "resized with antialiased bilinear")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from datasets.errors import DataError
+    from eval.encoder_metrics import rate_text
     from datasets.imageio import save_png, to_uint8
     from datasets.remote import atomic_write
     from trainer.encoder.data import ImageSource
@@ -50,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         net = load_encoder(args.encoder).to(device)
-        source = ImageSource(args.images, net.size, args.batch, args.limit)
+        source = ImageSource(args.images, net.size, args.batch, args.limit, resample=args.resize)
         names, latents = [], []
         start, done = time.time(), 0
         for batch_names, x in source.batches():
@@ -61,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, img in zip(batch_names, to_uint8(passes[-1].image)):
                     save_png(img, Path(args.recon) / (Path(name).with_suffix(".png")))
             done += len(batch_names)
-            print(f"\rinverted {done} images ({done / (time.time() - start):.1f} img/s)", end="", file=sys.stderr)
+            print(f"\rinverted {done} images ({rate_text(done, time.time() - start)})", end="", file=sys.stderr)
         print(file=sys.stderr)
     except (CheckpointError, RunCheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

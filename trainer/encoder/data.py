@@ -1,8 +1,10 @@
 """Images for inversion and evaluation: a folder of image files or a shard folder, in order.
 
 Folder images of another size or mode are converted to RGB and resized to the
-encoder's input (the count is reported, never silent); unreadable files are
-skipped and named. Shards are read in evaluation mode, each sample exactly once.
+encoder's input (the count is reported, never silent) with PIL's Lanczos or
+bilinear filter; unreadable files are skipped and named. Shards are read in
+evaluation mode, each sample exactly once; a sample of another size is resized
+with antialiased bilinear interpolation.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -19,6 +21,15 @@ from PIL import Image, UnidentifiedImageError
 from datasets.errors import DataError
 from datasets.imageio import IMAGE_SUFFIXES, image_files, open_image
 from datasets.loader import LoaderConfig, ShardLoader
+
+RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR}
+"""PIL filters for folder images. ReStyle's ``transforms.Resize((256, 256))`` on a PIL image is
+``Image.resize(size, BILINEAR)``, which PIL antialiases when it shrinks."""
+
+
+def resize_image(im: Image.Image, size: int, resample: Literal["lanczos", "bilinear"]) -> Image.Image:
+    """``im`` stretched to ``size`` x ``size`` with PIL's ``resample`` filter."""
+    return im.resize((size, size), RESAMPLE[resample])
 
 
 @dataclass
@@ -32,6 +43,8 @@ class ImageSource:
     notes: Counter = field(default_factory=Counter)
     """What was converted, resized or skipped, by reason."""
     skipped: list[str] = field(default_factory=list)
+    resample: Literal["lanczos", "bilinear"] = "lanczos"
+    """PIL filter for folder images of another size ("bilinear": as ReStyle's inference resizes)."""
 
     def report(self) -> list[str]:
         """What was converted, resized or skipped (counts, then each skipped file), for stderr."""
@@ -78,7 +91,7 @@ class ImageSource:
                     self.notes[f"resized to {self.size}x{self.size}"] += 1
                     if im.width != im.height:
                         self.notes["not square (stretched)"] += 1
-                    im = im.resize((self.size, self.size), Image.Resampling.LANCZOS)
+                    im = resize_image(im, self.size, self.resample)
                 return np.asarray(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             self.notes["unreadable (skipped)"] += 1
