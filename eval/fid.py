@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .features import Source, extract
-from .frechet import FeatureStats, feature_stats, frechet_distance, kid, load_npz
+from .frechet import FeatureStats, feature_stats, frechet_distance, kid, kid_spread_undefined, load_npz
 
 PROTOCOLS: dict[str, tuple[int | None, int | None]] = {
     "fid50k_full": (50_000, None),
@@ -31,9 +31,10 @@ class MetricConfig:
     """How FID/KID are computed."""
 
     preprocess: str = "tf"
-    """Resize before the detector: tf (NVIDIA/TF bilinear), clean (PIL bicubic), torch-bilinear (pytorch-fid)."""
+    """Resize before the detector: tf (TF1 bilinear: NVIDIA, TF, torch-fidelity), clean (PIL bicubic:
+    clean-fid), torch-bilinear (pytorch-fid)."""
     ddof: int = 0
-    """Covariance 1/(N - ddof): 0 as NVIDIA's fid50k_full, 1 as pytorch-fid and clean-fid."""
+    """Covariance 1/(N - ddof): 0 as NVIDIA's fid50k_full, 1 as pytorch-fid, clean-fid and torch-fidelity."""
     batch: int = 64
     """Images per detector batch on each rank."""
     kid: bool = False
@@ -41,7 +42,7 @@ class MetricConfig:
     kid_subsets: int = 100
     """KID subsets."""
     kid_subset_size: int = 1000
-    """Images per KID subset (capped at the smaller side)."""
+    """Images per KID subset (capped at the smaller side; covering both sides leaves no spread)."""
     kid_seed: int = 0
     """Seeds the KID subsets."""
 
@@ -111,12 +112,19 @@ def from_npz(path: str | Path, cfg: MetricConfig) -> Side:
     return Side(stats, None, "npz")
 
 
-def compare(real: Side, fake: Side, cfg: MetricConfig) -> dict[str, float]:
-    """FID (and KID mean/std) of ``fake`` against ``real``."""
+def compare(real: Side, fake: Side, cfg: MetricConfig) -> dict[str, float | int | str | None]:
+    """FID (and KID mean/std) of ``fake`` against ``real``.
+
+    ``kid_std`` is None where the spread over subsets is undefined (every subset held all
+    images, or there is one subset); ``kid_std_note`` then says why.
+    """
     if real.stats.ddof != fake.stats.ddof and real.origin != "npz" and fake.origin != "npz":
         raise ValueError("both sides must use the same covariance normalisation")
     out = {"fid": frechet_distance(real.stats, fake.stats), "n_real": real.stats.n, "n_fake": fake.stats.n}
     if cfg.kid:
         out["kid"], out["kid_std"] = kid(real.features, fake.features, cfg.kid_subsets, cfg.kid_subset_size,
                                          cfg.kid_seed)
+        if out["kid_std"] is None:
+            out["kid_std_note"] = kid_spread_undefined(len(real.features), len(fake.features), cfg.kid_subsets,
+                                                       cfg.kid_subset_size)
     return out

@@ -4,7 +4,7 @@ FID values are only comparable when images reach the network the same way, so ea
 reference's preprocessing is reproduced exactly; all take uint8 images [N, 3, H, W]
 and return float32 [N, 3, 299, 299] in the network range:
 
-- ``"tf"``: NVIDIA's detector and the original TF FID code. TF1's legacy bilinear
+- ``"tf"``: NVIDIA's detector, the original TF FID code and torch-fidelity. TF1's legacy bilinear
   resize (output pixel i samples input coordinate ``i * in / 299``, neighbours
   clamped to the last pixel, no antialiasing), then ``(x - 128) / 128``.
 - ``"clean"``: clean-fid. PIL bicubic on each channel as a float image (mode "F"),

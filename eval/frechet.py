@@ -134,24 +134,53 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * cross)
 
 
+def kid_spread_undefined(n_real: int, n_fake: int, subsets: int, subset_size: int) -> str | None:
+    """Why KID's standard deviation over subsets means nothing for these counts, or None when it does.
+
+    A subset holding every image of both sides is the same set each time: the subsets' KIDs
+    differ only by summation round-off (about 1e-16), which would read as certainty. One subset
+    has no spread either. The caller reports the spread as undefined (None, JSON null) instead.
+    """
+    m = min(subset_size, n_real, n_fake)
+    if m >= n_real and m >= n_fake:
+        return (f"undefined: every KID subset held all {n_real} real and {n_fake} generated images (subset "
+                f"size {subset_size} >= both counts), so all {subsets} subsets are the same set; a subset "
+                "size below the image counts gives a spread")
+    if subsets < 2:
+        return "undefined: a single KID subset has no spread; use two or more subsets"
+    return None
+
+
+def _mmd2_unbiased(a: np.ndarray, b: np.ndarray) -> float:
+    m, d = a.shape
+    kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2 * kxy.mean())
+
+
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
+        seed: int = 0) -> tuple[float, float | None]:
     """Kernel Inception Distance: unbiased MMD^2 with the kernel (x.y / d + 1)^3, averaged over
     ``subsets`` random subsets of ``subset_size`` from each side (NVIDIA's protocol). Returns
-    (mean, std). Subsets shrink to the smaller feature set when it has fewer rows."""
+    (mean, std). Subsets shrink to the smaller feature set when it has fewer rows.
+
+    The std is None where ``kid_spread_undefined`` says it has no meaning: every subset then
+    holds all rows of both sides, so the MMD of the whole sets is computed once.
+    """
     x, y = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"KID needs two [N, D] arrays of the same D, got {x.shape} and {y.shape}")
+    if subsets < 1:
+        raise ValueError(f"KID needs at least one subset, got {subsets}")
     m = min(subset_size, x.shape[0], y.shape[0])
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per side, got {x.shape[0]} and {y.shape[0]}")
-    d = x.shape[1]
+    if m == x.shape[0] and m == y.shape[0]:
+        return _mmd2_unbiased(x, y), None
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for i in range(subsets):
-        a = x[rng.choice(x.shape[0], m, replace=False)]
-        b = y[rng.choice(y.shape[0], m, replace=False)]
-        kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
-        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        values[i] = within - 2 * kxy.mean()
-    return float(values.mean()), float(values.std())
+        values[i] = _mmd2_unbiased(x[rng.choice(x.shape[0], m, replace=False)],
+                                   y[rng.choice(y.shape[0], m, replace=False)])
+    undefined = kid_spread_undefined(x.shape[0], y.shape[0], subsets, subset_size)
+    return float(values.mean()), None if undefined else float(values.std())

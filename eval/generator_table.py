@@ -55,7 +55,8 @@ def write_table(rows: dict[str, dict], out: Path, title: str, first: str, extra:
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"| {first} | FID | KID | real / generated |", "| --- | --- | --- | --- |"]
     for name, r in rows.items():
-        kid = f"{r['kid']:.4g} ± {r['kid_std']:.2g}" if "kid" in r else "n/a"
+        spread = "" if r.get("kid_std") is None else f" ± {r['kid_std']:.2g}"  # None: undefined, see kid_std_note
+        kid = f"{r['kid']:.4g}{spread}" if "kid" in r else "n/a"
         lines.append(f"| {name} | {r['fid']:.4g} | {kid} | {r['n_real']} / {r['n_fake']} |")
     for suffix, text in ((".json", json.dumps({"rows": rows, **extra}, indent=1) + "\n"),
                          (".md", "\n".join(lines) + "\n")):

@@ -7,9 +7,11 @@ last block (Mixed_7c) max-pools its pool branch. ``forward`` returns the 2048-d
 pool3 features, optionally with the 1008 logits. The input is already resized to
 299x299 and scaled to the network range (see ``eval.fid_preprocess``).
 
-Weights come from a local file in either public release (nothing is downloaded):
+Weights come from a local file in any public release (nothing is downloaded):
 pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (a torchvision-layout
-state dict) or NVIDIA's TorchScript ``inception-2015-12-05.pt``. The TorchScript
+state dict), torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (the
+same layout: its converter writes the same keys, without BatchNorm's step
+counters) or NVIDIA's TorchScript ``inception-2015-12-05.pt``. The TorchScript
 archive is read as data only: a restricted unpickler rebuilds its module tree as
 plain records and its tensors from the archive's storages; its code is never
 compiled or run, and any other Python object it asks for is refused.
@@ -405,20 +407,59 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return flat
 
 
+class DetectorHashError(WeightsError):
+    """The detector file's SHA-256 is not the one expected (by the caller or by its name)."""
+
+    def __init__(self, message: str, sha256: str):
+        super().__init__(message)
+        self.sha256 = sha256
+        """The file's full SHA-256, for pinning it once the file is trusted."""
+
+
 def load_inception(path: str | Path | None, check_hash: bool = True,
                    expected_sha256: str | None = None) -> tuple[InceptionV3, dict]:
     """The FID network from a local weight file, in eval mode, with
-    ``{"format": "pytorch-fid" | "nvidia", "sha256": hex, "path": str}``.
+    ``{"format": "pytorch-fid" | "nvidia", "sha256": hex, "path": str}`` ("pytorch-fid" is
+    the key layout, which torch-fidelity's file shares).
 
     The hash is checked against ``expected_sha256`` (a prefix is enough) or, for
-    pytorch-fid's file, the 8 hex digits in its name; it is always reported.
+    pytorch-fid's and torch-fidelity's files, the 8 hex digits in the name; it is always
+    reported. A mismatch raises DetectorHashError.
     """
     if path is None or not Path(path).is_file():
         where = "no path given" if path is None else f"{path} does not exist"
-        nv = PUBLIC["inception_nvidia"]
+        nv, tf = PUBLIC["inception_nvidia"], PUBLIC["inception_fidelity"]
         raise WeightsError(f"{missing_message('inception_fid', 'FID')}, or NVIDIA's {nv.filename} ({nv.key}) "
-                           f"from {nv.source}; either file works ({where})")
-    digest = verify(path, expected_sha256) if check_hash else sha256(path)
+                           f"from {nv.source}, or torch-fidelity's {tf.filename} ({tf.key}) from {tf.source}; "
+                           f"any of them works ({where})")
+    if check_hash:
+        try:
+            digest = verify(path, expected_sha256)
+        except WeightsError as e:
+            raise DetectorHashError(str(e), sha256(path)) from None
+    else:
+        digest = sha256(path)
+    # The file is read and its layout told before the 95 MB network is allocated: refusing a
+    # wrong file costs nothing.
+    if is_torchscript(path):
+        fmt, flat = "nvidia", read_torchscript_tensors(path)
+    else:
+        try:
+            obj = torch_load(path)
+        except (CheckpointError, zipfile.BadZipFile) as e:
+            raise WeightsError(f"{path}: neither a pytorch-fid / torch-fidelity state dict nor NVIDIA's TorchScript "
+                               f"Inception could be read: {e}") from e
+        if not isinstance(obj, dict):
+            raise WeightsError(f"{path}: expected a state dict for the FID Inception, found {type(obj).__name__}")
+        flat = tensors(obj, path)
+        if "Conv2d_1a_3x3.conv.weight" in flat:
+            fmt = "pytorch-fid"
+        elif any(_canonical(k) == "layers_conv_weight" for k in flat):  # NVIDIA's tensors re-saved by torch.save
+            fmt = "nvidia"
+        else:
+            raise WeightsError(f"{path}: holds neither the Inception keys of pytorch-fid and torch-fidelity "
+                               f"(Conv2d_1a_3x3.conv.weight, ...) nor NVIDIA's (layers.conv.weight, ...); "
+                               f"first keys: {list(flat)[:5]}")
     # Built without its random init (the file overwrites every weight); only the BN step
     # counters, which old files lack and evaluation never reads, need a value.
     with torch.device("meta"):
@@ -427,25 +468,7 @@ def load_inception(path: str | Path | None, check_hash: bool = True,
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.num_batches_tracked.zero_()
-    reference = net.state_dict()
-    if is_torchscript(path):
-        fmt, sd = "nvidia", convert_nvidia(read_torchscript_tensors(path), reference, path)
-    else:
-        try:
-            obj = torch_load(path)
-        except (CheckpointError, zipfile.BadZipFile) as e:
-            raise WeightsError(f"{path}: neither pytorch-fid's state dict nor NVIDIA's TorchScript "
-                               f"Inception could be read: {e}") from e
-        if not isinstance(obj, dict):
-            raise WeightsError(f"{path}: expected a state dict for the FID Inception, found {type(obj).__name__}")
-        flat = tensors(obj, path)
-        if "Conv2d_1a_3x3.conv.weight" in flat:
-            fmt, sd = "pytorch-fid", flat
-        elif any(_canonical(k) == "layers_conv_weight" for k in flat):  # NVIDIA's tensors re-saved by torch.save
-            fmt, sd = "nvidia", convert_nvidia(flat, reference, path)
-        else:
-            raise WeightsError(f"{path}: holds neither pytorch-fid's Inception keys (Conv2d_1a_3x3.conv.weight, ...) "
-                               f"nor NVIDIA's (layers.conv.weight, ...); first keys: {list(flat)[:5]}")
+    sd = convert_nvidia(flat, net.state_dict(), path) if fmt == "nvidia" else flat
     load_into(net, sd, "the FID Inception-v3", path)
     return net.eval(), {"format": fmt, "sha256": digest, "path": str(path)}
 

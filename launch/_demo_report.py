@@ -84,6 +84,8 @@ def collect(out: Path, records: dict[str, dict], detector: str) -> dict:
         r = _json(out / "metrics" / f"fid_{name}.json")
         if r:
             m[f"fid_{name}"] = {k: r.get(k) for k in ("fid", "kid", "kid_std", "n_real", "n_fake")}
+            if r.get("kid_std_note"):
+                m[f"fid_{name}"]["kid_std_note"] = r["kid_std_note"]
     for name in ("encoder_source", "encoder_target"):
         r = _json(out / "metrics" / f"{name}.json")
         if r:
@@ -110,11 +112,15 @@ def _num(x, digits: int = 4) -> str:
 
 
 def _kid(r: dict) -> str:
-    """KID with its spread over subsets; no spread when every subset held all images (it is 0)."""
+    """KID with its spread over subsets; none shown where the spread is undefined."""
     if r.get("kid") is None:
         return "n/a"
-    spread = r.get("kid_std") or 0.0
-    return _num(r["kid"]) + (f" ± {_num(spread, 2)}" if spread > 1e-9 * max(abs(r["kid"]), 1e-12) else "")
+    spread = r.get("kid_std")
+    # None: every subset held all images. Results written before that was reported as None
+    # hold round-off (about 1e-16) there instead.
+    if spread is None or spread <= 1e-9 * max(abs(r["kid"]), 1e-12):
+        return _num(r["kid"])
+    return f"{_num(r['kid'])} ± {_num(spread, 2)}"
 
 
 def _fid_rows(m: dict) -> list[str]:

@@ -26,10 +26,11 @@ demo runs again; an interrupted training stage continues from its latest
 checkpoint (--resume auto), the others start over (make_shards and the FID
 cache keep what they had). To redo a stage, delete its record and its folder.
 
-FID needs the TF Inception file (pt_inception-2015-12-05-6726825d.pth or
-inception-2015-12-05.pt) in --weights-dir. Without it the demo measures with
-an untrained Inception (`--detector untrained`): the numbers then compare the
-demo's stages with each other only, and the report says so.
+FID needs the TF Inception file (pt_inception-2015-12-05-6726825d.pth,
+inception-2015-12-05.pt or weights-inception-2015-12-05-6726825d.pth) in
+--weights-dir. Without it the demo measures with an untrained Inception
+(`--detector untrained`): the numbers then compare the demo's stages with each
+other only, and the report says so.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ def length(config: str, scale: float) -> list[str]:
 
 def detector(weights_dir: str) -> str:
     """The public Inception file when it is in ``weights_dir``, else the untrained stand-in."""
+    from launch.fid import DETECTOR_FILES
     from trainer.networks.weights import PUBLIC
 
-    for key in ("inception_nvidia", "inception_fid"):
+    for key in DETECTOR_FILES:
         cand = Path(weights_dir) / PUBLIC[key].filename
         if cand.is_file():
             return str(cand.resolve())  # the commands run in the repository root

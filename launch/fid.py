@@ -13,13 +13,16 @@ not depend on the number of ranks. An image file whose header declares more
 than 67 MP (``datasets.imageio.MAX_PIXELS``) is skipped and counted without
 being decoded; a manifest naming shards outside its folder is refused unless
 --allow-external-shards. Real statistics are cached in ``--cache-dir``.
-Prints one JSON line (on the main process) and, with ``--tb``, writes a
-TensorBoard scalar ``Metrics/<protocol>``.
+Prints one JSON line (on the main process; ``kid_std`` is null, with a warning
+on stderr, where every KID subset holds all images and so has no spread) and,
+with ``--tb``, writes a TensorBoard scalar ``Metrics/<protocol>``.
 
 The detector is the TF Inception of 2015-12-05: pytorch-fid's
-pt_inception-2015-12-05-6726825d.pth or NVIDIA's inception-2015-12-05.pt,
-from a local path (``--detector``, or its file name in ``--weights-dir`` /
-$TOONMIX_WEIGHTS). Nothing is downloaded.
+pt_inception-2015-12-05-6726825d.pth, NVIDIA's inception-2015-12-05.pt or
+torch-fidelity's weights-inception-2015-12-05-6726825d.pth, from a local path
+(``--detector``, or its file name in ``--weights-dir`` / $TOONMIX_WEIGHTS).
+Nothing is downloaded. Which --preprocess/--ddof pair reproduces pytorch-fid,
+clean-fid, torch-fidelity or NVIDIA's FID: docs/eval.md.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 from datasets.errors import DataError
 
 PREPROCESS = ("tf", "clean", "torch-bilinear")
+DETECTOR_FILES = ("inception_nvidia", "inception_fid", "inception_fidelity")
+"""Keys of trainer.networks.weights.PUBLIC that --weights-dir is searched for, in this order."""
 USER_ERRORS = (FileNotFoundError, ValueError, DataError)
 
 
@@ -49,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow manifest shard names outside the manifest's folder (other folders, '..', other "
                         "URLs); only for manifests you wrote. Without it such a manifest is refused (exit 2)")
     add_detector_args(p)
-    p.add_argument("--kid", action="store_true", help="also compute KID (mean and std over subsets)")
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="images per KID subset")
+    p.add_argument("--kid", action="store_true",
+                   help="also compute KID (mean and std over subsets; the std is null when it is undefined)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (one subset has no std)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="images per KID subset, capped at the smaller side; at or above both image counts every "
+                        "subset is the same set, so kid_std is null")
     p.add_argument("--seed", type=int, default=0, help="seeds generator sampling (per sample) and KID subsets")
     p.add_argument("--truncation", type=float, default=1.0, help="generator truncation psi (1: none)")
     p.add_argument("--noise-mode", choices=["random", "const", "none"], default="random",
@@ -68,26 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
 def add_detector_args(p: argparse.ArgumentParser) -> None:
     """The detector options every FID-computing command shares."""
     p.add_argument("--detector", default=None,
-                   help="pt_inception-2015-12-05-6726825d.pth or inception-2015-12-05.pt; or 'untrained[:SEED]': "
-                        "random seeded weights, for comparisons within one run only (never with published FIDs)")
+                   help="pt_inception-2015-12-05-6726825d.pth, inception-2015-12-05.pt or "
+                        "weights-inception-2015-12-05-6726825d.pth; or 'untrained[:SEED]': random seeded weights, "
+                        "for comparisons within one run only (never with published FIDs)")
     p.add_argument("--weights-dir", default=os.environ.get("TOONMIX_WEIGHTS"),
-                   help="folder holding the detector under its public name (default $TOONMIX_WEIGHTS)")
-    p.add_argument("--detector-sha256", default=None, help="expected SHA-256 (or a prefix) of the detector file")
-    p.add_argument("--no-check-hash", action="store_true", help="skip the hash check of pytorch-fid's file")
+                   help="folder holding the detector under its public name: inception-2015-12-05.pt (NVIDIA), "
+                        "pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
+                        "weights-inception-2015-12-05-6726825d.pth (torch-fidelity), looked for in that order "
+                        "(default $TOONMIX_WEIGHTS)")
+    p.add_argument("--detector-sha256", default=None,
+                   help="expected SHA-256 (or a prefix) of the detector file; replaces the hash in its name")
+    p.add_argument("--no-check-hash", action="store_true",
+                   help="skip the SHA-256 check of the detector file (against --detector-sha256, or the 8 hex "
+                        "digits in pytorch-fid's and torch-fidelity's file names)")
     p.add_argument("--preprocess", choices=PREPROCESS, default="tf",
-                   help="tf: bilinear as NVIDIA/TF; clean: PIL bicubic as clean-fid; torch-bilinear: as pytorch-fid")
+                   help="tf: TF1 bilinear as NVIDIA, TF and torch-fidelity; clean: PIL bicubic as clean-fid; "
+                        "torch-bilinear: F.interpolate as pytorch-fid (pairs with --ddof: docs/eval.md)")
     p.add_argument("--ddof", type=int, choices=[0, 1], default=0,
-                   help="covariance 1/(N-ddof): 0 as NVIDIA, 1 as pytorch-fid/clean-fid")
+                   help="covariance 1/(N-ddof): 0 as NVIDIA, 1 as pytorch-fid, clean-fid and torch-fidelity")
     p.add_argument("--batch", type=int, default=64, help="images per detector batch on each rank")
 
 
 def detector_path(args: argparse.Namespace) -> str | None:
-    """--detector, else the first public detector file found in --weights-dir."""
+    """--detector, else the first public detector file (DETECTOR_FILES) found in --weights-dir."""
     from trainer.networks.weights import PUBLIC
 
     if args.detector or not args.weights_dir:
         return args.detector
-    for key in ("inception_nvidia", "inception_fid"):
+    for key in DETECTOR_FILES:
         cand = Path(args.weights_dir) / PUBLIC[key].filename
         if cand.is_file():
             return str(cand)
@@ -97,7 +113,7 @@ def detector_path(args: argparse.Namespace) -> str | None:
 def load_detector(args: argparse.Namespace, device):
     """(FIDDetector on ``device``, its SHA-256) from the command-line options."""
     from eval.fid_preprocess import FIDDetector
-    from eval.inception import load_inception, parse_untrained, untrained_inception
+    from eval.inception import DetectorHashError, load_inception, parse_untrained, untrained_inception
     from trainer.networks.weights import WeightsError
 
     path = detector_path(args)
@@ -107,6 +123,9 @@ def load_detector(args: argparse.Namespace, device):
     else:
         try:
             net, info = load_inception(path, check_hash=not args.no_check_hash, expected_sha256=args.detector_sha256)
+        except DetectorHashError as e:
+            raise WeightsError(f"{e}. If you trust this file: --detector-sha256 {e.sha256} pins its hash, or "
+                               "--no-check-hash skips the check") from None
         except WeightsError as e:
             if path is not None and Path(path).is_file():  # a damaged or wrong file: its own message says it all
                 raise
@@ -179,8 +198,11 @@ def run(args: argparse.Namespace, dist) -> dict:
 
 
 def report(result: dict, args: argparse.Namespace) -> None:
+    """The JSON line on stdout (and --out), a warning on stderr when KID has no spread, --tb scalars."""
     line = json.dumps(result, sort_keys=True)
     print(line)
+    if "kid" in result and result.get("kid_std") is None:
+        print(f"[fid] warning: kid_std is null: {result.get('kid_std_note', 'undefined')}", file=sys.stderr)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(line + "\n")

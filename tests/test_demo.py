@@ -99,6 +99,8 @@ def test_kimg_scale_shortens_every_training_stage(tmp_path):
 
 def test_detector_prefers_the_public_file(tmp_path):
     assert demo.detector(str(tmp_path)) == "untrained"
+    (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")  # torch-fidelity's name
+    assert demo.detector(str(tmp_path)) == str((tmp_path / "weights-inception-2015-12-05-6726825d.pth").resolve())
     (tmp_path / "inception-2015-12-05.pt").write_bytes(b"x")
     assert demo.detector(str(tmp_path)) == str((tmp_path / "inception-2015-12-05.pt").resolve())
 

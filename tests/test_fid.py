@@ -142,8 +142,11 @@ def test_cache_reuse_kid_tensorboard_and_json(files, tmp_path, monkeypatch, caps
     argv = base_args(files, tmp_path) + ["--kid", "--kid-subset-size", "2", "--kid-subsets", "10",
                                          "--tb", str(tmp_path / "tb"), "--step", "12"]
     assert run(argv, monkeypatch) == 0
-    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert first["real_from"] == "extracted" and "kid" in first and first["kid_std"] >= 0
+    printed = capsys.readouterr()
+    first = json.loads(printed.out.strip().splitlines()[-1])
+    # 2 and 2 images in subsets of 2: every subset is the same set, so no spread.
+    assert first["real_from"] == "extracted" and "kid" in first and first["kid_std"] is None
+    assert "same set" in first["kid_std_note"] and "kid_std is null" in printed.err
     cached = list((tmp_path / "cache").glob("shards-*.npz"))
     assert len(cached) == 1 and set(np.load(cached[0]).files) >= {"mu", "sigma"}
     assert run(argv, monkeypatch) == 0
@@ -187,3 +190,104 @@ def test_bad_input_exits_2_with_a_clear_message(change, message, files, tmp_path
     assert run(argv, monkeypatch) == 2
     assert message in capsys.readouterr().err
 
+
+
+def _side(n: int, shift: float, seed: int):
+    from eval.fid import Side
+    from eval.frechet import feature_stats
+
+    feats = np.random.default_rng(seed).standard_normal((n, 8)) + shift
+    return Side(feature_stats(feats, 0), feats, "extracted")
+
+
+def test_kid_without_a_spread_is_null_in_every_report(tmp_path, capsys):
+    from eval.fid import MetricConfig, compare
+    from eval.generator_table import write_table
+    from launch._demo_report import _kid, collect
+
+    result = compare(_side(6, 0.0, 0), _side(6, 0.5, 1), MetricConfig(kid=True, kid_subsets=20))
+    assert result["kid_std"] is None and "all 6 real and 6 generated" in result["kid_std_note"]
+    args = cli.build_parser().parse_args(["--real", "r", "--fake", "f", "--out", str(tmp_path / "fid.json")])
+    cli.report(result, args)
+    printed = capsys.readouterr()
+    assert '"kid_std": null' in printed.out and json.loads((tmp_path / "fid.json").read_text())["kid_std"] is None
+    assert "warning: kid_std is null: undefined: every KID subset held all 6 real" in printed.err
+
+    write_table({"g": result}, tmp_path / "table", "t", "generator", {})
+    assert f"| g | {result['fid']:.4g} | {result['kid']:.4g} | 6 / 6 |" in (tmp_path / "table.md").read_text()
+    assert json.loads((tmp_path / "table.json").read_text())["rows"]["g"]["kid_std"] is None
+
+    assert _kid(result) == f"{result['kid']:.4g}" and _kid({**result, "kid_std": 0.01}).endswith(" ± 0.01")
+    (tmp_path / "demo" / "metrics").mkdir(parents=True)
+    (tmp_path / "demo" / "metrics" / "fid_gan_target.json").write_text(json.dumps(result))
+    m = collect(tmp_path / "demo", {}, "untrained")["fid_gan_target"]
+    assert m["kid_std"] is None and m["kid_std_note"] == result["kid_std_note"]
+
+
+def test_kid_std_is_a_number_when_the_subsets_differ():
+    from eval.fid import MetricConfig, compare
+
+    result = compare(_side(9, 0.0, 0), _side(6, 0.5, 1), MetricConfig(kid=True, kid_subsets=20))
+    assert result["kid_std"] > 0 and "kid_std_note" not in result
+
+
+def _parse(*extra: str):
+    return cli.build_parser().parse_args(["--real", "r", "--fake", "f", *extra])
+
+
+def test_weights_dir_finds_every_public_detector_file_name(tmp_path):
+    from trainer.networks.weights import PUBLIC
+
+    assert PUBLIC["inception_fidelity"].filename == "weights-inception-2015-12-05-6726825d.pth"
+    assert set(cli.DETECTOR_FILES) == {"inception_nvidia", "inception_fid", "inception_fidelity"}
+    for key in cli.DETECTOR_FILES:
+        folder = tmp_path / key
+        folder.mkdir()
+        (folder / PUBLIC[key].filename).write_bytes(b"stand-in")
+        assert cli.detector_path(_parse("--weights-dir", str(folder))) == str(folder / PUBLIC[key].filename)
+    both = tmp_path / "inception_fid"
+    (both / PUBLIC["inception_fidelity"].filename).write_bytes(b"stand-in")
+    assert cli.detector_path(_parse("--weights-dir", str(both))).endswith(PUBLIC["inception_fid"].filename)
+    (tmp_path / "none").mkdir()
+    assert cli.detector_path(_parse("--weights-dir", str(tmp_path / "none"))) is None
+
+
+def test_hash_mismatch_names_the_flags_that_get_past_it(tmp_path, monkeypatch, capsys):
+    from trainer.networks.weights import PUBLIC
+
+    path = tmp_path / PUBLIC["inception_fidelity"].filename  # a stand-in whose hash is not 6726825d...
+    torch.save({"some.weight": torch.zeros(3)}, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not digest.startswith("6726825d")
+    argv = ["--real", "r", "--fake", "f", "--protocol", "custom", "--num-gen", "2", "--weights-dir", str(tmp_path)]
+    assert run(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "SHA-256" in err and f"--detector-sha256 {digest}" in err and "--no-check-hash" in err
+    # Either flag gets past the check, to the file's contents (not an Inception: refused for that).
+    for extra in (["--no-check-hash"], ["--detector-sha256", digest]):
+        assert run(argv + extra, monkeypatch) == 2
+        err = capsys.readouterr().err
+        assert "SHA-256" not in err and "holds neither the Inception keys of pytorch-fid and torch-fidelity" in err
+
+
+def test_every_preprocess_ddof_pair_in_the_docs_is_accepted():
+    from eval.fid_preprocess import MODES
+    from trainer.networks.weights import PUBLIC
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "eval.md").read_text()
+    table = text.split("### Reproducing another tool's FID", 1)[1].split("\n\n|", 1)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in ("|" + table).splitlines()
+            if line.startswith("|")]
+    header, rows = rows[0], rows[2:]
+    assert header[:3] == ["tool (mode)", "`--preprocess`", "`--ddof`"]
+    choices = {a.dest: a.choices for a in cli.build_parser()._actions}
+    assert tuple(choices["preprocess"]) == MODES
+    tools = set()
+    for tool, prep, ddof, _, detector in rows:
+        prep, ddof, detector = prep.strip("`"), ddof.strip("`"), detector.strip("`")
+        assert prep in choices["preprocess"] and int(ddof) in choices["ddof"], tool
+        args = _parse("--preprocess", prep, "--ddof", ddof)
+        assert (args.preprocess, args.ddof) == (prep, int(ddof))
+        assert detector in {w.filename for w in PUBLIC.values()}, tool
+        tools.add(tool.split(",")[0].split(" ")[0])
+    assert tools == {"pytorch-fid", "clean-fid", "torch-fidelity", "NVIDIA"}

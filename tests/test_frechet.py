@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from eval.frechet import FeatureStats, feature_stats, frechet_distance, kid, load_npz, trace_sqrt_product
+from eval.frechet import (FeatureStats, feature_stats, frechet_distance, kid, kid_spread_undefined, load_npz,
+                          trace_sqrt_product)
 
 
 def scipy_fid(a: FeatureStats, b: FeatureStats) -> float:
@@ -123,4 +124,24 @@ def test_kid_matches_a_direct_mmd():
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
     mean, std = kid(x, y, subsets=3, subset_size=12, seed=0)
     assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
-    assert std == pytest.approx(0, abs=1e-10)  # every subset is the whole set
+    assert std is None  # every subset is the whole set
+
+
+def test_kid_std_is_none_when_every_subset_holds_every_image():
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((10, 5)), rng.standard_normal((10, 5)) + 0.3
+    mean, std = kid(x, y, subsets=50, subset_size=1000, seed=0)
+    assert std is None  # was the round-off of 50 equal values, about 1e-16
+    assert kid(x, y, subsets=50, subset_size=1000, seed=1) == (mean, None)  # one set: no seed to depend on
+    why = kid_spread_undefined(10, 10, 50, 1000)
+    assert "all 10 real and 10 generated" in why and "subset size 1000" in why
+    # Two more real rows: subsets of 10 then cover the generated side only, the real rows
+    # drawn differ, and the spread is real.
+    x12 = np.concatenate([x, rng.standard_normal((2, 5))])
+    assert kid(x12, y, subsets=50, subset_size=1000, seed=0)[1] > 1e-6
+    assert kid_spread_undefined(12, 10, 50, 1000) is None
+    # One subset has no spread either.
+    assert kid(x12, y, subsets=1, subset_size=10, seed=0)[1] is None
+    assert "single" in kid_spread_undefined(12, 10, 1, 10)
+    with pytest.raises(ValueError, match="at least one subset"):
+        kid(x, y, subsets=0, subset_size=10)

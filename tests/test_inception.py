@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval.fid_preprocess import MODES, FIDDetector, preprocess, quantize
-from eval.inception import InceptionV3, load_inception, parse_untrained, read_torchscript_tensors, untrained_inception
+from eval.inception import (DetectorHashError, InceptionV3, load_inception, parse_untrained, read_torchscript_tensors,
+                            untrained_inception)
 from trainer.networks.weights import PUBLIC, WeightsError
 
 
@@ -231,6 +232,21 @@ def test_pytorch_fid_file_loads_and_checks_the_hash_in_its_name(ref, tmp_path):
     _assert_same_weights(net, ref["net"])
 
 
+@pytest.mark.slow  # a full-size (95 MB) state dict written, hashed and read: about 10 s on 2 cores
+def test_torch_fidelity_file_loads_like_pytorch_fids(ref, tmp_path):
+    # torch-fidelity's converter (utils/util_convert_inception_weights.py) writes pytorch-fid's
+    # keys from the TF graph, without BatchNorm's step counters.
+    sd = {k: v for k, v in _fid_layout(ref["vals"]).items() if not k.endswith("num_batches_tracked")}
+    path, digest = _named_by_hash(tmp_path, sd, stem="weights-inception-2015-12-05")
+    net, info = load_inception(path)
+    assert info == {"format": "pytorch-fid", "sha256": digest, "path": str(path)}
+    _assert_same_weights(net, ref["net"])
+    bad = path.rename(tmp_path / f"weights-inception-2015-12-05-{'0' if digest[0] != '0' else '1'}{digest[1:8]}.pth")
+    with pytest.raises(DetectorHashError, match="SHA-256") as e:
+        load_inception(bad)
+    assert e.value.sha256 == digest
+
+
 def test_damaged_or_missing_files_raise_weights_error(tmp_path):
     torch.save({"Conv2d_1a_3x3.conv.weight": torch.randn(32, 3, 3, 3)}, tmp_path / "small.pth")
     data = (tmp_path / "small.pth").read_bytes()
@@ -248,6 +264,7 @@ def test_damaged_or_missing_files_raise_weights_error(tmp_path):
             load_inception(missing)
         msg = str(e.value)
         assert PUBLIC["inception_fid"].filename in msg and FID_URL in msg and NV_URL in msg
+        assert PUBLIC["inception_fidelity"].filename in msg and PUBLIC["inception_fidelity"].source in msg
     assert PUBLIC["inception_nvidia"].source == NV_URL and PUBLIC["inception_fid"].source == FID_URL
 
 

@@ -49,6 +49,9 @@ PUBLIC: dict[str, WeightFile] = {w.key: w for w in (
                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"),
     WeightFile("inception_nvidia", "inception-2015-12-05.pt",
                "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"),
+    # torch-fidelity's converter writes pytorch-fid's key layout (utils/util_convert_inception_weights.py).
+    WeightFile("inception_fidelity", "weights-inception-2015-12-05-6726825d.pth",
+               "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"),
 )}
 
 _TORCHVISION_NAME = re.compile(r"-([0-9a-f]{8,})\.pth?$")
