@@ -84,9 +84,22 @@ def _tree(flat: dict[str, torch.Tensor], reconstruct, marker: str, class_name: s
     return _Persistent(reconstruct, class_name, state, marker)
 
 
+def _fp16(cfg, res: int, log_size: int) -> bool:
+    """NVlabs' use_fp16 for a block at ``res``: one of the num_fp16_res highest, never 4 px."""
+    return res >= max(2 ** (log_size + 1 - cfg.num_fp16_res), 8)
+
+
+def _override(mods: dict[str, dict], extra: dict[str, dict] | None) -> None:
+    for path, values in (extra or {}).items():
+        mods.setdefault(path, {}).update(values)
+
+
 def write_nvlabs_pickle(path, G=None, G_ema=None, D=None, marker: str = "/nonexistent",
-                        lr_mlp: float = 0.01) -> None:
-    """Pickles our networks in NVlabs' layout and naming."""
+                        lr_mlp: float = 0.01, attrs: dict[str, dict[str, dict]] | None = None) -> None:
+    """Pickles our networks in NVlabs' layout and naming, with the module attributes
+    NVlabs stores that change outputs: each conv layer's ``conv_clamp`` and each
+    block's ``use_fp16`` (from the network's config). ``attrs`` overrides them per
+    network key and module path, e.g. {"G_ema": {"synthesis.b8.conv0": {"conv_clamp": 1}}}."""
     reconstruct, EasyDict = _install_fake_modules()
     f = torch.tensor([1.0, 3.0, 3.0, 1.0])
     filt = torch.outer(f, f) / 64
@@ -96,13 +109,24 @@ def write_nvlabs_pickle(path, G=None, G_ema=None, D=None, marker: str = "/nonexi
             flat = nvlabs.to_nvlabs(net.state_dict(), nvlabs.generator_pairs(net.cfg.n_mlp, net.size))
             for r in [4 * 2 ** i for i in range(net.log_size - 1)]:
                 flat[f"synthesis.b{r}.resample_filter"] = filt
-            attrs = {f"mapping.fc{i}": {"lr_multiplier": lr_mlp} for i in range(net.cfg.n_mlp)}
-            attrs[""] = {"init_kwargs": EasyDict(z_dim=net.style_dim)}
-            data[key] = _tree(flat, reconstruct, marker, "Generator", attrs)
+            mods = {f"mapping.fc{i}": {"lr_multiplier": lr_mlp} for i in range(net.cfg.n_mlp)}
+            mods[""] = {"init_kwargs": EasyDict(z_dim=net.style_dim)}
+            for r in [4 * 2 ** i for i in range(net.log_size - 1)]:
+                mods[f"synthesis.b{r}"] = {"use_fp16": _fp16(net.cfg, r, net.log_size)}
+                for layer in ("conv0", "conv1", "torgb") if r > 4 else ("conv1", "torgb"):
+                    mods[f"synthesis.b{r}.{layer}"] = {"conv_clamp": net.cfg.conv_clamp}
+            _override(mods, (attrs or {}).get(key))
+            data[key] = _tree(flat, reconstruct, marker, "Generator", mods)
     if D is not None:
         flat = nvlabs.to_nvlabs(D.state_dict(), nvlabs.discriminator_pairs(D.cfg.size))
         flat[f"b{D.cfg.size}.resample_filter"] = filt
-        data["D"] = _tree(flat, reconstruct, marker, "Discriminator",
-                          {"b4.mbstd": {"group_size": D.cfg.stddev_group, "num_channels": 1}})
+        mods = {"b4.mbstd": {"group_size": D.cfg.stddev_group, "num_channels": 1},
+                "b4.conv": {"conv_clamp": D.cfg.conv_clamp}, f"b{D.cfg.size}.fromrgb": {"conv_clamp": D.cfg.conv_clamp}}
+        for r in [D.cfg.size >> j for j in range(D.log_size - 2)]:
+            mods[f"b{r}"] = {"use_fp16": _fp16(D.cfg, r, D.log_size)}
+            mods.update({f"b{r}.{n}": {"conv_clamp": D.cfg.conv_clamp} for n in ("conv0", "conv1")})
+            mods[f"b{r}.skip"] = {"conv_clamp": None}  # NVlabs gives its resnet skips no clamp
+        _override(mods, (attrs or {}).get("D"))
+        data["D"] = _tree(flat, reconstruct, marker, "Discriminator", mods)
     with open(path, "wb") as fh:
         pickle.dump(data, fh, protocol=4)

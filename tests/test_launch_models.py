@@ -81,6 +81,54 @@ def test_convert_between_formats(tmp_path, ckpt, capsys):
         convert.main(["--src", str(path), "--dst", str(tmp_path / "x.pkl"), "--to", "nvlabs"])
 
 
+def test_generate_no_png_writes_only_the_raw_output(tmp_path, ckpt, monkeypatch):
+    path, G = ckpt
+    monkeypatch.chdir(tmp_path)  # where the default --outdir would land
+    assert generate.main(["--ckpt", str(path), "--seeds", "3,4", "--no-png", "--raw", "raw.npy"]) == 0
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.name != "g.pt") == ["raw.npy"]
+    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(8) for s in (3, 4)])).float()
+    with torch.no_grad():
+        assert np.allclose(np.load("raw.npy"), G(z, noise_mode="const").numpy(), atol=1e-6)
+    with pytest.raises(SystemExit, match="--no-png without --raw would write nothing") as info:
+        generate.main(["--ckpt", str(path), "--seeds", "0", "--no-png"])
+    assert info.value.code == 2 and not (tmp_path / "generated").exists()
+
+
+def test_convert_writes_args_only_when_the_source_had_them(tmp_path, ckpt):
+    # torch >= 2.6 loads with weights_only=True by default, which refuses argparse.Namespace:
+    # rosinality's own scripts call plain torch.load.
+    _, G = ckpt
+    sd = {k: v for k, v in G.state_dict().items() if k != "w_avg"}
+    torch.save({"g_ema": sd, "latent_avg": G.w_avg}, tmp_path / "src.pt")
+    write_nvlabs_pickle(tmp_path / "src.pkl", G_ema=G)
+    convert.main(["--src", str(tmp_path / "src.pt"), "--dst", str(tmp_path / "mid.pt"), "--to", "toonmix"])
+    for src in ("src.pt", "src.pkl", "mid.pt"):
+        dst = tmp_path / f"from-{src}"
+        convert.main(["--src", str(tmp_path / src), "--dst", str(dst), "--to", "rosinality"])
+        for raw in (torch.load(dst), torch.load(dst, weights_only=True)):
+            assert set(raw) == {"g_ema", "latent_avg"}, src
+    torch.save({"g_ema": sd, "args": __import__("argparse").Namespace(size=16, n_mlp=2)}, tmp_path / "a.pt")
+    convert.main(["--src", str(tmp_path / "a.pt"), "--dst", str(tmp_path / "b.pt"), "--to", "rosinality"])
+    assert load_checkpoint(tmp_path / "b.pt").extra["args"] == {"size": 16, "n_mlp": 2}
+
+
+def test_convert_to_rosinality_refuses_a_mbstd_group_change_unless_allowed(tmp_path, capsys):
+    # NVlabs' paper256 configuration: minibatch-stddev group 8; rosinality's D always uses 4.
+    D = Discriminator(size=16, channel_max=8, stddev_group=8)
+    write_nvlabs_pickle(tmp_path / "d.pkl", D=D)
+    argv = ["--src", str(tmp_path / "d.pkl"), "--dst", str(tmp_path / "r.pt"), "--to", "rosinality"]
+    with pytest.raises(SystemExit) as info:
+        convert.main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "group size is 8" in err and "--allow-mbstd-change" in err
+    assert not (tmp_path / "r.pt").exists()
+    assert convert.main(argv + ["--allow-mbstd-change"]) == 0
+    assert "warning: minibatch-stddev group size changed from 8 to 4" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "r.pt").d.cfg.stddev_group == 4
+    convert.main(["--src", str(tmp_path / "d.pkl"), "--dst", str(tmp_path / "n.pt"), "--to", "toonmix"])
+    assert load_checkpoint(tmp_path / "n.pt").d.cfg.stddev_group == 8 and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("module", ["launch.generate", "launch.convert"])
 def test_help(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True)

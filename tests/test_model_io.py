@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import warnings
 
 import pytest
 import torch
 
 from tests.nvlabs_pickle import write_nvlabs_pickle
-from trainer.model_io import (ArchitectureMismatch, CheckpointError, UnsafeCheckpointError,
-                              detect_format, load_checkpoint, save_checkpoint)
+from trainer.model_io import (ArchitectureMismatch, CheckpointError, FormatChangeWarning, MbstdChangeError,
+                              UnsafeCheckpointError, detect_format, load_checkpoint, save_checkpoint)
 from trainer.networks import Discriminator, Generator
 
 
@@ -94,6 +95,62 @@ def test_nvlabs_mapping_depth_and_lr_are_read_from_the_pickle(tmp_path):
     ck = load_checkpoint(tmp_path / "n.pkl")
     assert (ck.g_ema.cfg.n_mlp, ck.g_ema.cfg.style_dim, ck.g_ema.cfg.lr_mlp) == (3, 6, 0.1)
     assert same_outputs(G, ck.g_ema)
+
+
+def paper256_like(tmp_path):
+    """A tiny NVlabs pickle set up as 'paper256' is: conv_clamp 256 on every conv layer,
+    the highest resolutions in float16 (2 of 16 px's 3 blocks here), minibatch-stddev group 8."""
+    G = Generator(size=16, style_dim=8, n_mlp=2, channel_max=8, channel_multiplier=1 / 256,
+                  conv_clamp=256.0, num_fp16_res=2)
+    G.update_w_avg(64)
+    D = Discriminator(size=16, channel_max=8, channel_multiplier=1 / 256, conv_clamp=256.0, num_fp16_res=2,
+                      stddev_group=8)
+    write_nvlabs_pickle(tmp_path / "paper256.pkl", G_ema=G, D=D)
+    return tmp_path / "paper256.pkl"
+
+
+def test_nvlabs_conv_clamp_and_fp16_blocks_survive_import_and_our_format(tmp_path):
+    ck = load_checkpoint(paper256_like(tmp_path))
+    for cfg in (ck.g_ema.cfg, ck.d.cfg):
+        assert (cfg.conv_clamp, cfg.num_fp16_res, cfg.precision) == (256.0, 2, "float16")
+    assert ck.d.cfg.stddev_group == 8
+    # The blocks run as NVlabs' do: 8 and 16 px in float16, 4 px in float32.
+    assert [m.conv.dtype for m in ck.g_ema.convs] == [torch.float16] * 4 and ck.g_ema.conv1.conv.dtype == torch.float32
+    assert ck.g_ema.to_rgbs[0].clamp == 256.0 and ck.g_ema.convs[0].activate.clamp == 256.0
+    path = save_checkpoint(tmp_path / "n.pt", "toonmix", g_ema=ck.g_ema, d=ck.d)
+    back = load_checkpoint(path)
+    assert back.g_ema.cfg == ck.g_ema.cfg and back.d.cfg == ck.d.cfg
+    assert same_outputs(ck.g_ema, back.g_ema) and same_logits(ck.d, back.d)
+
+
+@pytest.mark.parametrize("attrs,match", [
+    ({"G_ema": {"synthesis.b8.conv0": {"conv_clamp": 128}}}, "different conv_clamp values"),
+    ({"D": {"b4.conv": {"conv_clamp": "256"}}}, "not a positive number"),
+    ({"G_ema": {"synthesis.b16": {"use_fp16": False}}}, "not the highest resolutions"),
+])
+def test_nvlabs_clamps_and_fp16_layouts_ours_cannot_run_are_refused(tmp_path, attrs, match):
+    G = Generator(size=16, style_dim=8, n_mlp=1, channel_max=4, conv_clamp=256.0, num_fp16_res=2)
+    D = Discriminator(size=16, channel_max=4, conv_clamp=256.0)
+    write_nvlabs_pickle(tmp_path / "n.pkl", G_ema=G, D=D, attrs=attrs)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "n.pkl")
+
+
+def test_rosinality_write_refuses_a_mbstd_group_it_cannot_hold(tmp_path, nets):
+    G, _, _ = nets
+    D8 = Discriminator(size=16, channel_max=8, channel_multiplier=1 / 256, stddev_group=8)
+    with pytest.raises(MbstdChangeError, match="group size is 8") as info:
+        save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G, d=D8)
+    assert info.value.group == 8 and not (tmp_path / "r.pt").exists()
+    with pytest.warns(FormatChangeWarning, match="group size changed from 8 to 4"):
+        save_checkpoint(tmp_path / "r.pt", "rosinality", g_ema=G, d=D8, allow_mbstd_change=True)
+    assert load_checkpoint(tmp_path / "r.pt").d.cfg.stddev_group == 4
+    clamped = Generator(G.cfg.__class__(**{**G.cfg.to_dict(), "conv_clamp": 256.0}))
+    with pytest.warns(FormatChangeWarning, match="conv_clamp 256 dropped"):
+        save_checkpoint(tmp_path / "c.pt", "rosinality", g_ema=clamped)
+    with warnings.catch_warnings():  # our format holds both: nothing to refuse or warn about
+        warnings.simplefilter("error", FormatChangeWarning)
+        save_checkpoint(tmp_path / "n.pt", "toonmix", g_ema=clamped, d=D8)
 
 
 def test_conversion_chain_keeps_outputs(tmp_path, nets):
@@ -204,3 +261,29 @@ def test_written_files_get_the_umasks_mode_not_0600(nets, tmp_path, umask):
     for path in [*written, tmp_path / "lut.pt"]:
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~umask), path
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["lut.pt", "n.pt", "r.pt", "x.pt"]
+
+
+def test_trainer_exports_keep_the_clamp_in_our_format_and_name_what_rosinality_drops(tmp_path):
+    import warnings
+
+    from trainer.gan.setup import export_networks
+    from trainer.model_io import FormatChangeWarning
+    from trainer.run.inputs import load_generator
+
+    kw = dict(channel_max=8, channel_multiplier=1 / 256, num_fp16_res=1, conv_clamp=256.0)
+    G = Generator(size=16, style_dim=8, n_mlp=2, **kw)
+    D = Discriminator(size=16, stddev_group=8, **kw)
+    ours = load_checkpoint(export_networks(tmp_path / "n.pt", "toonmix", G, G, D))
+    assert (ours.g_ema.cfg.conv_clamp, ours.g_ema.cfg.num_fp16_res) == (256.0, 0)  # float32, same function
+    assert (ours.d.cfg.conv_clamp, ours.d.cfg.stddev_group) == (256.0, 8)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        theirs = load_checkpoint(export_networks(tmp_path / "r.pt", "rosinality", G, G, D))
+    text = " ".join(str(w.message) for w in said if issubclass(w.category, FormatChangeWarning))
+    assert "from 8 to 4" in text and "conv_clamp" in text
+    assert theirs.d.cfg.stddev_group == 4 and theirs.g_ema.cfg.conv_clamp is None
+    # Loading for inference gives float32 blocks whatever the file says (the clamp stays).
+    fp16 = tmp_path / "fp16.pt"
+    save_checkpoint(fp16, "toonmix", g_ema=G)
+    assert load_checkpoint(fp16).generator().cfg.num_fp16_res == 1
+    assert (load_generator(str(fp16), "k").cfg.num_fp16_res, load_generator(str(fp16), "k").cfg.conv_clamp) == (0, 256.0)

@@ -1,5 +1,6 @@
 """The equations a StyleGAN2 checkpoint depends on, each against an independent
-computation (numpy loops or plain formulas), on tiny layers."""
+computation (numpy loops or plain formulas), on tiny layers; and imported NVlabs
+networks against NVlabs' forward pass written from its equations."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.nvlabs_pickle import write_nvlabs_pickle
+from trainer.model_io import load_checkpoint
+from trainer.model_io.safe_pickle import flatten_record, load_nvlabs_pickle
 from trainer.networks import Discriminator, Generator, style_layers
 from trainer.networks.discriminator import minibatch_stddev
 from trainer.networks.layers import (EqualConv2d, EqualLinear, ModulatedConv2d, NoiseInjection,
@@ -184,3 +188,150 @@ def test_each_w_plus_entry_drives_exactly_its_layers():
     out = G.synthesis(ws3, noise_mode="none")
     assert torch.equal(base.features[0], out.features[0])
     assert not torch.equal(base.rgbs[0], out.rgbs[0]) and not torch.equal(base.features[1], out.features[1])
+
+
+# ----------------------------------------------------------------------------
+# NVlabs' forward pass, written from its equations (stylegan2-ada-pytorch
+# training/networks.py) on an NVlabs-named state dict, in float64 with plain
+# torch ops: the reference an imported network must reproduce. bias_act is
+# x + b, then the activation, then * gain, then the clamp to +-conv_clamp * gain.
+
+NV_FILTER = torch.tensor(BLUR, dtype=torch.float64)
+
+
+def nv_upfirdn(x: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0),
+               gain: float = 1.0) -> torch.Tensor:
+    n, c, h, w = x.shape
+    if up > 1:
+        z = x.new_zeros(n, c, h * up, w * up)
+        z[:, :, ::up, ::up] = x
+        x = z
+    x = torch.nn.functional.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    k = (NV_FILTER * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+    return torch.nn.functional.conv2d(x, k, groups=c)[:, :, ::down, ::down]
+
+
+def nv_bias_act(x: torch.Tensor, b: torch.Tensor | None, lrelu: bool, gain: float = 1.0,
+                clamp: float | None = None) -> torch.Tensor:
+    x = x if b is None else x + b.reshape(1, -1, *([1] * (x.ndim - 2)))
+    if lrelu:
+        x = torch.nn.functional.leaky_relu(x, 0.2) * math.sqrt(2)
+    x = x * gain
+    return x if clamp is None else x.clamp(-clamp * gain, clamp * gain)
+
+
+def nv_fc(p: dict, name: str, x: torch.Tensor, lrelu: bool = False, lr: float = 1.0) -> torch.Tensor:
+    w = p[f"{name}.weight"]
+    return nv_bias_act(x @ (w * lr / math.sqrt(w.shape[1])).T, p[f"{name}.bias"] * lr, lrelu)
+
+
+def nv_modconv(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool,
+               up: bool = False) -> torch.Tensor:
+    """NVlabs' fused modulated_conv2d: per-sample weights, one grouped convolution."""
+    n, c = x.shape[:2]
+    w = weight[None] * styles[:, None, :, None, None]  # [N, O, I, k, k]
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    x = x.reshape(1, n * c, *x.shape[2:])
+    if up:  # conv2d_resample up=2, padding 1: transposed conv, then the filter padded (1, 1), gain 4
+        y = torch.nn.functional.conv_transpose2d(x, w.transpose(1, 2).reshape(n * c, -1, *w.shape[3:]),
+                                                 stride=2, groups=n)
+        y = nv_upfirdn(y, pad=(1, 1), gain=4)
+    else:
+        y = torch.nn.functional.conv2d(x, w.reshape(-1, c, *w.shape[3:]), padding=w.shape[-1] // 2, groups=n)
+    return y.reshape(n, -1, *y.shape[2:])
+
+
+def nv_synthesis_layer(p: dict, name: str, x: torch.Tensor, w: torch.Tensor, clamp: float | None,
+                       up: bool = False) -> torch.Tensor:
+    x = nv_modconv(x, p[f"{name}.weight"], nv_fc(p, f"{name}.affine", w), True, up)
+    x = x + p[f"{name}.noise_const"] * p[f"{name}.noise_strength"]  # noise_mode="const"
+    return nv_bias_act(x, p[f"{name}.bias"], True, 1.0, clamp)
+
+
+def nv_torgb(p: dict, name: str, x: torch.Tensor, w: torch.Tensor, clamp: float | None) -> torch.Tensor:
+    styles = nv_fc(p, f"{name}.affine", w) / math.sqrt(x.shape[1])
+    return nv_bias_act(nv_modconv(x, p[f"{name}.weight"], styles, False), p[f"{name}.bias"], False, 1.0, clamp)
+
+
+def nv_generator(p: dict, z: torch.Tensor, clamp: float | None, lr_mlp: float = 0.01) -> torch.Tensor:
+    """G(z) with noise_mode="const", psi 1, for the 'skip' architecture."""
+    x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+    i = 0
+    while f"mapping.fc{i}.weight" in p:
+        x = nv_fc(p, f"mapping.fc{i}", x, lrelu=True, lr=lr_mlp)
+        i += 1
+    w = x  # one w for every layer (no mixing)
+    x = p["synthesis.b4.const"][None].repeat(z.shape[0], 1, 1, 1)
+    x = nv_synthesis_layer(p, "synthesis.b4.conv1", x, w, clamp)
+    img = nv_torgb(p, "synthesis.b4.torgb", x, w, clamp)
+    r = 8
+    while f"synthesis.b{r}.conv0.weight" in p:
+        x = nv_synthesis_layer(p, f"synthesis.b{r}.conv0", x, w, clamp, up=True)
+        x = nv_synthesis_layer(p, f"synthesis.b{r}.conv1", x, w, clamp)
+        img = nv_upfirdn(img, up=2, pad=(2, 1), gain=4) + nv_torgb(p, f"synthesis.b{r}.torgb", x, w, clamp)
+        r *= 2
+    return img
+
+
+def nv_conv(p: dict, name: str, x: torch.Tensor, lrelu: bool = True, down: bool = False,
+            gain: float = 1.0, clamp: float | None = None) -> torch.Tensor:
+    w = p[f"{name}.weight"]
+    k = w.shape[-1]
+    w = w / math.sqrt(w.shape[1] * k * k)
+    if down:  # conv2d_resample down=2: the filter padded by (4 - 2 + 1) // 2 + k // 2, then a stride-2 conv
+        x = torch.nn.functional.conv2d(nv_upfirdn(x, pad=(1 + k // 2, 1 + k // 2)), w, stride=2)
+    else:
+        x = torch.nn.functional.conv2d(x, w, padding=k // 2)
+    return nv_bias_act(x, p.get(f"{name}.bias"), lrelu, gain, clamp)
+
+
+def nv_discriminator(p: dict, img: torch.Tensor, group: int, clamp: float | None) -> torch.Tensor:
+    """The resnet D; its skips get no clamp, conv1 and skip the gain sqrt(1/2)."""
+    r = img.shape[-1]
+    x = nv_conv(p, f"b{r}.fromrgb", img, clamp=clamp)
+    while r > 4:
+        y = nv_conv(p, f"b{r}.skip", x, lrelu=False, down=True, gain=math.sqrt(0.5))
+        x = nv_conv(p, f"b{r}.conv0", x, clamp=clamp)
+        x = y + nv_conv(p, f"b{r}.conv1", x, down=True, gain=math.sqrt(0.5), clamp=clamp)
+        r //= 2
+    n, c, h, w = x.shape
+    g = min(group, n)
+    y = x.reshape(g, -1, 1, c, h, w)
+    y = ((y - y.mean(dim=0)).square().mean(dim=0) + 1e-8).sqrt().mean(dim=[2, 3, 4])
+    x = torch.cat([x, y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)], dim=1)
+    x = nv_conv(p, "b4.conv", x, clamp=clamp)
+    return nv_fc(p, "b4.out", nv_fc(p, "b4.fc", x.flatten(1), lrelu=True))
+
+
+def test_imported_nvlabs_networks_match_nvlabs_beyond_conv_clamp(tmp_path):
+    """Activations driven far past conv_clamp=256 (as NVlabs' 'stylegan2' and 'paper256'
+    configurations set it): the imported G and D clamp where NVlabs' layers do."""
+    torch.manual_seed(0)
+    G = Generator(size=8, style_dim=8, n_mlp=2, channel_max=8, conv_clamp=256.0)
+    D = Discriminator(size=8, channel_max=8, stddev_group=8, conv_clamp=256.0)
+    G.update_w_avg(64)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise.weight"):
+                p.fill_(0.5)
+        G.input.input.mul_(1000)  # b4.conv1 and the layers after it far past 256
+        G.to_rgbs[0].conv.weight.mul_(300)  # ToRGB (no demodulation) past 256
+        D.convs[0][0].weight.mul_(1000)  # fromrgb, and the blocks after it
+    write_nvlabs_pickle(tmp_path / "n.pkl", G_ema=G, D=D)
+    ck = load_checkpoint(tmp_path / "n.pkl")
+    assert ck.g_ema.cfg.conv_clamp == 256 and ck.d.cfg.conv_clamp == 256
+
+    data = load_nvlabs_pickle(tmp_path / "n.pkl")
+    pg = {k: v.double() for k, v in flatten_record(data["G_ema"]).items()}
+    pd = {k: v.double() for k, v in flatten_record(data["D"]).items()}
+    z, img = torch.randn(2, 8), torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        ours_g = ck.g_ema(z, noise_mode="const").double()
+        ours_d = ck.d(img).double()
+    for ours, ref, unclamped in ((ours_g, nv_generator(pg, z.double(), 256.0), nv_generator(pg, z.double(), None)),
+                                 (ours_d, nv_discriminator(pd, img.double(), 8, 256.0),
+                                  nv_discriminator(pd, img.double(), 8, None))):
+        scale = ref.abs().max()
+        assert (unclamped - ref).abs().max() > 0.5 * scale  # the clamp decides these outputs
+        assert (ours - ref).abs().max() < 1e-3 * scale  # float32 against float64

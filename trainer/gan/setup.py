@@ -8,7 +8,7 @@ all-reduce (the trainer averages exactly ``trainable_G`` / ``trainable_D``).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from trainer.gan.config import GANConfig
 from trainer.model_io import CheckpointError, load_checkpoint, save_checkpoint
+from trainer.model_io.build import rebuilt
 from trainer.networks import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from trainer.networks.swap import param_resolution
 from trainer.run.config import ConfigError
@@ -38,17 +39,9 @@ def _precision(cfg: GANConfig) -> dict:
     return {"num_fp16_res": cfg.model.num_fp16_res, "precision": dtype, "conv_clamp": cfg.model.conv_clamp}
 
 
-def _rebuilt(net: nn.Module, **fields) -> nn.Module:
-    """The same weights, on the CPU, in a network whose config has ``fields`` replaced."""
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the training RNG
-        fresh = type(net)(replace(net.cfg, **fields))
-    fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
-    return fresh
-
-
 def _with_precision(net: nn.Module, cfg: GANConfig) -> nn.Module:
     """The same weights in a network whose config carries the run's precision."""
-    return _rebuilt(net, **_precision(cfg))
+    return rebuilt(net, **_precision(cfg))
 
 
 def build_networks(cfg: GANConfig, image_size: int, g_config: dict | None = None,
@@ -165,10 +158,15 @@ def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
 
 def export_networks(out: str | Path, fmt: str, G_ema: Generator, G: Generator | None = None,
                     D: Discriminator | None = None, extra: dict | None = None) -> Path:
-    """Writes G_ema (and G, D when given) in float32 on the CPU to a rosinality .pt or our format."""
-    # Precision fields reset, so the exports load anywhere.
-    full = lambda m: None if m is None else _rebuilt(m, num_fp16_res=0, conv_clamp=None)  # noqa: E731
-    return save_checkpoint(out, fmt, g_ema=full(G_ema), g=full(G), d=full(D), extra=extra)
+    """Writes G_ema (and G, D when given) in float32 on the CPU to a rosinality .pt or our format.
+
+    The fp16 blocks become float32, so the exports run anywhere; the activation clamp is part of
+    what the network computes and stays in our format. Rosinality's format holds neither the clamp
+    nor a minibatch-stddev group other than 4: such exports are written anyway (they are the
+    courtesy copy for rosinality's scripts) with a warning naming each change."""
+    full = lambda m: None if m is None else rebuilt(m, num_fp16_res=0)  # noqa: E731
+    return save_checkpoint(out, fmt, g_ema=full(G_ema), g=full(G), d=full(D), extra=extra,
+                           allow_mbstd_change=fmt == "rosinality")
 
 
 def describe_freeze(G: Generator, D: Discriminator, g_frozen: list[str], d_frozen: list[str]) -> str:

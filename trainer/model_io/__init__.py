@@ -9,10 +9,12 @@ No reader executes code from a file: torch files load with ``weights_only``
 and an allow-list, NVlabs pickles through a restricted unpickler.
 """
 
-from .errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
+from .errors import (ArchitectureMismatch, CheckpointError, FormatChangeWarning, MbstdChangeError,
+                     UnsafeCheckpointError)
 from .formats import FORMATS, LoadedCheckpoint, detect_format, load_checkpoint, save_checkpoint
 
 __all__ = [
-    "ArchitectureMismatch", "CheckpointError", "FORMATS", "LoadedCheckpoint", "UnsafeCheckpointError",
+    "ArchitectureMismatch", "CheckpointError", "FORMATS", "FormatChangeWarning", "LoadedCheckpoint",
+    "MbstdChangeError", "UnsafeCheckpointError",
     "detect_format", "load_checkpoint", "save_checkpoint",
 ]

@@ -7,6 +7,7 @@ so a bad checkpoint never leaves a half-loaded network behind.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -111,3 +112,12 @@ def build_discriminator(sd: dict[str, torch.Tensor], cfg: DiscriminatorConfig,
     check_state(what, D, sd)
     D.load_state_dict({k: v.float() for k, v in sd.items()})
     return D
+
+
+def rebuilt(net: nn.Module, **fields) -> nn.Module:
+    """The same weights, on the CPU, in a network whose config has ``fields`` replaced (precision,
+    clamp). The global RNG is left as it was: building a network draws initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        fresh = type(net)(replace(net.cfg, **fields))
+    fresh.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return fresh

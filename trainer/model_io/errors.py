@@ -27,3 +27,16 @@ class ArchitectureMismatch(CheckpointError):
         for k, got, want in mismatched[:20]:
             lines.append(f"  shape mismatch {k}: checkpoint {list(got)} vs model {list(want)}")
         super().__init__("\n".join(lines))
+
+
+class MbstdChangeError(CheckpointError):
+    """A discriminator whose minibatch-stddev group a format cannot store: writing it
+    would silently change the logits the file's readers compute."""
+
+    def __init__(self, group: int, fixed: int, message: str):
+        self.group, self.fixed = group, fixed
+        super().__init__(message)
+
+
+class FormatChangeWarning(UserWarning):
+    """A write that was allowed to drop part of a network's configuration the format cannot hold."""

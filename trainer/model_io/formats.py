@@ -3,7 +3,12 @@
 - rosinality ``.pt``: ``{"g_ema", "g", "d", "latent_avg", "args", "g_optim",
   "d_optim", "ada_aug_p"}`` (converted FFHQ files hold ``g_ema`` and
   ``latent_avg`` only). Our networks use its key names, so the state dicts go
-  through unchanged; ``w_avg`` travels as ``latent_avg``.
+  through unchanged; ``w_avg`` travels as ``latent_avg``. The format has no
+  place for ``conv_clamp`` or a minibatch-stddev group other than 4: writing a
+  D with another group is refused unless allowed, a dropped clamp warns
+  (``FormatChangeWarning``). ``args`` is written only when the source had it
+  (it is an ``argparse.Namespace``, which ``torch.load``'s default
+  ``weights_only=True`` refuses).
 - NVlabs stylegan2-ada-pytorch / stylegan3 (StyleGAN2 config) pickles: read
   as data (``safe_pickle``), renamed by ``nvlabs.py``. Read-only: writing one
   would mean shipping NVlabs' source inside the pickle.
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +31,14 @@ from trainer.networks import Discriminator, DiscriminatorConfig, Generator, Gene
 from . import nvlabs
 from .atomic import torch_save_atomic
 from .build import build_discriminator, build_generator, discriminator_config, generator_config
-from .errors import CheckpointError
+from .errors import CheckpointError, FormatChangeWarning, MbstdChangeError
 from .safe_pickle import PersistentRecord, file_kind, load_nvlabs_pickle, torch_load
 
 NATIVE_FORMAT = "toonmix.stylegan2"
 NATIVE_VERSION = 1
 FORMATS = ("rosinality", "nvlabs", "toonmix")
+ROSINALITY_STDDEV_GROUP = 4
+"""rosinality's Discriminator fixes its minibatch-stddev group; its files cannot name another."""
 
 
 @dataclass
@@ -107,13 +115,15 @@ def _load_rosinality(obj: dict, path) -> LoadedCheckpoint:
         cfg = discriminator_config(obj["d"], channel_multiplier=args.get("channel_multiplier"))
         out.d = build_discriminator(obj["d"], cfg, f"{path} [d]")
     out.extra = {k: v for k, v in obj.items() if k not in ("g_ema", "g", "d", "latent_avg", "args")}
-    out.extra["args"] = args
+    if obj.get("args") is not None:  # absent stays absent: a written Namespace breaks weights_only loads
+        out.extra["args"] = args
     return out
 
 
 def rosinality_dict(g_ema: Generator | None = None, g: Generator | None = None,
                     d: Discriminator | None = None, extra: dict | None = None) -> dict:
-    """The dict rosinality's tools read (``g_ema``/``g``/``d`` and ``latent_avg``)."""
+    """The dict rosinality's tools read (``g_ema``/``g``/``d`` and ``latent_avg``); ``args``
+    only when ``extra`` holds non-empty ones."""
     out: dict = {}
     for key, G in (("g_ema", g_ema), ("g", g)):
         if G is not None:
@@ -124,10 +134,40 @@ def rosinality_dict(g_ema: Generator | None = None, g: Generator | None = None,
     if G is not None and not torch.isnan(G.w_avg).any():
         out["latent_avg"] = G.w_avg.detach().clone()
     for k, v in (extra or {}).items():
+        if k == "args" and not v:
+            # An empty Namespace says nothing, yet makes torch.load(weights_only=True) fail.
+            continue
         if k == "args" and isinstance(v, dict):
             v = argparse.Namespace(**v)
         out.setdefault(k, v)
     return out
+
+
+def check_rosinality(g_ema: Generator | None = None, g: Generator | None = None,
+                     d: Discriminator | None = None, allow_mbstd_change: bool = False,
+                     where: str = "the rosinality file") -> list[str]:
+    """What writing these networks as rosinality would change, as warning lines.
+
+    Raises ``MbstdChangeError`` for a discriminator whose minibatch-stddev group
+    is not rosinality's 4 unless ``allow_mbstd_change``: its logits would differ
+    without any sign in the file. A ``conv_clamp`` is dropped with a warning
+    only: outputs differ just where an activation exceeds it.
+    """
+    notes = []
+    if d is not None and d.cfg.stddev_group != ROSINALITY_STDDEV_GROUP:
+        group, fixed = d.cfg.stddev_group, ROSINALITY_STDDEV_GROUP
+        if not allow_mbstd_change:
+            raise MbstdChangeError(group, fixed, (
+                f"the discriminator's minibatch-stddev group size is {group}; the rosinality format cannot "
+                f"store it (its Discriminator always uses {fixed}), so {where} would compute other logits: "
+                f"write our format (toonmix) instead, or allow the change (allow_mbstd_change=True)"))
+        notes.append(f"minibatch-stddev group size changed from {group} to {fixed} in {where} "
+                     f"(rosinality's format cannot store {group}): D's logits differ from the source's")
+    clamps = sorted({m.cfg.conv_clamp for m in (g_ema, g, d) if m is not None and m.cfg.conv_clamp is not None})
+    if clamps:
+        notes.append(f"conv_clamp {', '.join(f'{c:g}' for c in clamps)} dropped in {where} (rosinality's "
+                     "networks do not clamp): outputs differ wherever an activation exceeds it")
+    return notes
 
 
 # ----------------------------------------------------------------------------
@@ -189,10 +229,17 @@ def native_dict(g_ema: Generator | None = None, g: Generator | None = None,
 
 def save_checkpoint(path: str | Path, fmt: str, g_ema: Generator | None = None,
                     g: Generator | None = None, d: Discriminator | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, allow_mbstd_change: bool = False) -> Path:
     """Writes ``fmt`` ("rosinality" or "toonmix") atomically: a temporary file in the
-    same folder, then a rename, so an interrupted write leaves the old file intact."""
+    same folder, then a rename, so an interrupted write leaves the old file intact.
+
+    rosinality: a D whose minibatch-stddev group is not 4 raises
+    ``MbstdChangeError`` unless ``allow_mbstd_change``; every allowed change
+    (that group, a dropped ``conv_clamp``) is a ``FormatChangeWarning``.
+    """
     if fmt == "rosinality":
+        for note in check_rosinality(g_ema, g, d, allow_mbstd_change, where=str(path)):
+            warnings.warn(note, FormatChangeWarning, stacklevel=2)
         obj = rosinality_dict(g_ema, g, d, extra)
     elif fmt == "toonmix":
         obj = native_dict(g_ema, g, d, extra)

@@ -27,12 +27,22 @@ reshape (NVlabs drops the leading singleton dimensions rosinality keeps):
 
 ``resample_filter`` buffers are not copied: ours derive from the blur kernel,
 and the import checks that the NVlabs filter is the same [1, 3, 3, 1].
+
+Module attributes that change what a network computes are read from the
+records too: ``conv_clamp`` of every conv layer (NVlabs gives all but the
+resnet skips the network's one value; 256 in its 'stylegan2' and 'paper256'
+configurations) becomes the config's ``conv_clamp``; the blocks' ``use_fp16``
+flags (the ``num_fp16_res`` highest resolutions) become ``num_fp16_res`` with
+``precision="float16"``; D's ``b4.mbstd.group_size`` becomes ``stddev_group``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 
+import numpy as np
 import torch
 
 from trainer.networks import DiscriminatorConfig, GeneratorConfig
@@ -103,6 +113,55 @@ def _rename(sd: dict, pairs: list[tuple[str, str]], what: str, optional: tuple[s
     return {ours: sd[nv] for nv, ours in pairs if nv in sd}
 
 
+def _attr(rec: PersistentRecord, path: str, name: str, default=None):
+    sub = find_record(rec, path)
+    state = sub.state if sub is not None and isinstance(sub.state, dict) else {}
+    return state.get(name, default)
+
+
+def conv_clamp_of(rec: PersistentRecord, layers: list[str], what: str) -> float | None:
+    """The one ``conv_clamp`` the records at ``layers`` share (None: no clamp).
+
+    Ours apply one value to every conv layer, so records that disagree, or hold
+    anything but a positive finite number or None, are refused."""
+    values: dict[float | None, str] = {}
+    for path in layers:
+        v = _attr(rec, path, "conv_clamp")
+        if v is not None:
+            ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+            try:
+                c = float(v) if ok else math.nan
+            except (OverflowError, TypeError, ValueError):  # an int past float's range
+                c = math.nan
+            if not (math.isfinite(c) and c > 0):
+                raise CheckpointError(f"{what}: {path}.conv_clamp is {str(v)[:40]!r}, not a positive number or None")
+            v = c
+        values.setdefault(v, path)
+    if len(values) > 1:
+        seen = ", ".join(f"{p}: {v}" for v, p in values.items())
+        raise CheckpointError(f"{what}: layers use different conv_clamp values ({seen}); "
+                              "this importer supports one value for every layer")
+    return next(iter(values), None)
+
+
+def num_fp16_res_of(rec: PersistentRecord, blocks: list[str], what: str) -> int:
+    """How many of ``blocks`` (highest resolution first) run in float16 (their ``use_fp16``).
+
+    NVlabs picks the N highest resolutions; any other pattern is refused."""
+    flags = []
+    for path in blocks:
+        v = _attr(rec, path, "use_fp16", False)
+        if not isinstance(v, (bool, np.bool_)):
+            raise CheckpointError(f"{what}: {path}.use_fp16 is {str(v)[:40]!r}, not a bool")
+        flags.append(bool(v))
+    n = sum(flags)
+    if flags != [True] * n + [False] * (len(flags) - n):
+        fp16 = [p for p, f in zip(blocks, flags) if f]
+        raise CheckpointError(f"{what}: float16 blocks {fp16} are not the highest resolutions; "
+                              "this importer supports NVlabs' num_fp16_res layout only")
+    return n
+
+
 def import_generator(rec: PersistentRecord, what: str) -> tuple[dict, GeneratorConfig]:
     """Our state dict (ours' shapes are applied when building) and config from a G record."""
     sd = flatten_record(rec, what=what)
@@ -122,8 +181,14 @@ def import_generator(rec: PersistentRecord, what: str) -> tuple[dict, GeneratorC
     fc0 = find_record(rec, "mapping.fc0")
     lr_mlp = float((fc0.state if fc0 else {}).get("lr_multiplier", 0.01))
     cm, cmax = channel_settings(ch)
+    res = sorted(ch, reverse=True)
+    layers = [f"synthesis.b{r}.{n}" for r in res
+              for n in (("conv0", "conv1", "torgb") if r > 4 else ("conv1", "torgb"))]
+    # b4 never runs in float16 in NVlabs' networks (nor in ours): only b8 and above count.
+    fp16 = num_fp16_res_of(rec, [f"synthesis.b{r}" for r in res if r > 4], what)
     cfg = GeneratorConfig(size=size, style_dim=w_dim, n_mlp=n_mlp, lr_mlp=lr_mlp,
-                          channel_multiplier=cm, channel_max=cmax)
+                          channel_multiplier=cm, channel_max=cmax, num_fp16_res=fp16, precision="float16",
+                          conv_clamp=conv_clamp_of(rec, layers, what))
     return _reshape_to(sd, cfg, generator=True), cfg
 
 
@@ -143,8 +208,13 @@ def import_discriminator(rec: PersistentRecord, what: str) -> tuple[dict, Discri
     epi = find_record(rec, "b4.mbstd")
     group = int((epi.state if epi else {}).get("group_size", 4) or 4)
     cm, cmax = channel_settings(ch)
+    res = [size >> j for j in range(20) if size >> j > 4]
+    # The resnet skips carry no clamp in NVlabs' networks: they are left out.
+    layers = [f"b{size}.fromrgb"] + [f"b{r}.{n}" for r in res for n in ("conv0", "conv1")] + ["b4.conv"]
     cfg = DiscriminatorConfig(size=size, channel_multiplier=cm, channel_max=cmax,
-                              stddev_group=group, stddev_feat=feat)
+                              stddev_group=group, stddev_feat=feat,
+                              num_fp16_res=num_fp16_res_of(rec, [f"b{r}" for r in res], what),
+                              precision="float16", conv_clamp=conv_clamp_of(rec, layers, what))
     return _reshape_to(sd, cfg, generator=False), cfg
 
 

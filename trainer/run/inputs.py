@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.model_io import CheckpointError, load_checkpoint
+from trainer.model_io.build import rebuilt
 from trainer.networks import Generator
 from trainer.networks.weights import PUBLIC
 from trainer.run.config import ConfigError
@@ -23,10 +24,12 @@ def weight_path(explicit: str | None, folder: str | None, key: str) -> str | Non
 
 
 def load_generator(path: str | None, key: str) -> Generator:
-    """The sampling generator (g_ema) of any supported checkpoint, frozen, in float32."""
+    """The sampling generator (g_ema) of any supported checkpoint, frozen, in float32 (an NVlabs
+    file's fp16 blocks included; its activation clamp is kept)."""
     if not path:
         raise ConfigError(f"{key} is not set: give a generator checkpoint (rosinality .pt, NVlabs .pkl or ours)")
     try:
-        return load_checkpoint(path).generator().eval()
+        G = load_checkpoint(path).generator()
+        return (rebuilt(G, num_fp16_res=0) if G.cfg.num_fp16_res else G).eval()
     except CheckpointError as e:
         raise CheckpointError(f"{key}={path}: {e}") from e
