@@ -1,7 +1,8 @@
-"""Shared fixtures: the host-side kernel emulator and the test seed."""
+"""Shared fixtures: the host-side kernel emulator, the test seed, one untrained detector per seed."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import shutil
 import subprocess
@@ -19,6 +20,28 @@ CSRC = ROOT / "ops" / "csrc"
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_untrained_detector_per_seed():
+    """Building and calibrating the untrained Inception takes about 4 s on 2 cores, and the
+    commands that tests run in this process (fid, compare, cartoonize, the GAN trainer's FID)
+    build it at every call: they share one per seed instead, each caller getting its own copy
+    so that none can change another's. tests/test_inception.py checks the function itself
+    (it binds the real one on import, before this fixture runs)."""
+    import eval.inception as inception
+
+    real, built = inception.untrained_inception, {}
+
+    def shared(seed: int = 0):
+        if seed not in built:
+            built[seed] = real(seed)
+        net, info = built[seed]
+        return copy.deepcopy(net), dict(info)
+
+    inception.untrained_inception = shared
+    yield
+    inception.untrained_inception = real
 
 
 class KernelEmulator:

@@ -282,8 +282,9 @@ def test_trainer_exports_keep_the_clamp_in_our_format_and_name_what_rosinality_d
     text = " ".join(str(w.message) for w in said if issubclass(w.category, FormatChangeWarning))
     assert "from 8 to 4" in text and "conv_clamp" in text
     assert theirs.d.cfg.stddev_group == 4 and theirs.g_ema.cfg.conv_clamp is None
-    # Loading for inference gives float32 blocks whatever the file says (the clamp stays).
+    # Sampling gives float32 blocks whatever the file says (the clamp stays).
     fp16 = tmp_path / "fp16.pt"
     save_checkpoint(fp16, "toonmix", g_ema=G)
-    assert load_checkpoint(fp16).generator().cfg.num_fp16_res == 1
-    assert (load_generator(str(fp16), "k").cfg.num_fp16_res, load_generator(str(fp16), "k").cfg.conv_clamp) == (0, 256.0)
+    assert load_checkpoint(fp16).g_ema.cfg.num_fp16_res == load_checkpoint(fp16).generator(float32=False).cfg.num_fp16_res == 1
+    for loaded in (load_checkpoint(fp16).generator(), load_generator(str(fp16), "k")):
+        assert (loaded.cfg.num_fp16_res, loaded.cfg.conv_clamp) == (0, 256.0)

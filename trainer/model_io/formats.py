@@ -30,7 +30,7 @@ from trainer.networks import Discriminator, DiscriminatorConfig, Generator, Gene
 
 from . import nvlabs
 from .atomic import torch_save_atomic
-from .build import build_discriminator, build_generator, discriminator_config, generator_config
+from .build import build_discriminator, build_generator, discriminator_config, generator_config, rebuilt
 from .errors import CheckpointError, FormatChangeWarning, MbstdChangeError
 from .safe_pickle import PersistentRecord, file_kind, load_nvlabs_pickle, torch_load
 
@@ -53,12 +53,14 @@ class LoadedCheckpoint:
     extra: dict = field(default_factory=dict)
     """Everything else the file holds (args as a dict, optimizer states, ada_aug_p...)."""
 
-    def generator(self) -> Generator:
-        """The generator to sample from: g_ema, else g."""
+    def generator(self, float32: bool = True) -> Generator:
+        """The generator to sample from: g_ema, else g. In float32 unless ``float32=False``: every
+        command samples in float32 on every device, so an NVlabs file's fp16 blocks are rebuilt
+        (its activation clamp stays: it is part of what the network computes)."""
         G = self.g_ema if self.g_ema is not None else self.g
         if G is None:
             raise CheckpointError(f"{self.format} checkpoint holds no generator")
-        return G
+        return rebuilt(G, num_fp16_res=0) if float32 and G.cfg.num_fp16_res else G
 
 
 MISSING_HINT = ("a generator file: a run's network.pt / network-rosinality.pt, rosinality's .pt or NVlabs' .pkl "

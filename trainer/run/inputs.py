@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.model_io import CheckpointError, load_checkpoint
-from trainer.model_io.build import rebuilt
 from trainer.networks import Generator
 from trainer.networks.weights import PUBLIC
 from trainer.run.config import ConfigError
@@ -29,7 +28,6 @@ def load_generator(path: str | None, key: str) -> Generator:
     if not path:
         raise ConfigError(f"{key} is not set: give a generator checkpoint (rosinality .pt, NVlabs .pkl or ours)")
     try:
-        G = load_checkpoint(path).generator()
-        return (rebuilt(G, num_fp16_res=0) if G.cfg.num_fp16_res else G).eval()
+        return load_checkpoint(path).generator().eval()
     except CheckpointError as e:
         raise CheckpointError(f"{key}={path}: {e}") from e
