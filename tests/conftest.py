@@ -23,12 +23,12 @@ def _seed():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _one_untrained_detector_per_seed():
+def untrained_detector():
     """Building and calibrating the untrained Inception takes about 4 s on 2 cores, and the
     commands that tests run in this process (fid, compare, cartoonize, the GAN trainer's FID)
     build it at every call: they share one per seed instead, each caller getting its own copy
     so that none can change another's. tests/test_inception.py checks the function itself
-    (it binds the real one on import, before this fixture runs)."""
+    (it binds the real one on import, before this fixture runs). Yields the shared builder."""
     import eval.inception as inception
 
     real, built = inception.untrained_inception, {}
@@ -40,7 +40,7 @@ def _one_untrained_detector_per_seed():
         return copy.deepcopy(net), dict(info)
 
     inception.untrained_inception = shared
-    yield
+    yield shared
     inception.untrained_inception = real
 
 

@@ -459,8 +459,9 @@ def test_fid_detector_runs_in_float32_without_tf32_and_restores_the_flags(ref):
 # ----------------------------------------------------------------------------
 # The untrained stand-in detector.
 
-def test_untrained_detector_is_seeded_and_named_as_untrained():
-    (a, info), (b, _), (c, _) = untrained_inception(0), untrained_inception(0), untrained_inception(1)
+def test_untrained_detector_is_seeded_and_named_as_untrained(untrained_detector):
+    # untrained_detector: the suite's shared seed-0 build (conftest.py); the others are built here.
+    (a, info), (b, _), (c, _) = untrained_detector(0), untrained_inception(0), untrained_inception(1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.unit_rms and b.unit_rms
     assert not torch.equal(sa["Conv2d_1a_3x3.conv.weight"], sc["Conv2d_1a_3x3.conv.weight"])
@@ -468,8 +469,8 @@ def test_untrained_detector_is_seeded_and_named_as_untrained():
     assert not a.training
 
 
-def test_untrained_features_have_unit_rms_and_separate_distributions():
-    net, _ = untrained_inception(0)
+def test_untrained_features_have_unit_rms_and_separate_distributions(untrained_detector):
+    net, _ = untrained_detector(0)
     det = FIDDetector(net, "tf").eval()
     g = torch.Generator().manual_seed(0)
     noise = lambda n: torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)

@@ -127,26 +127,36 @@ def test_starts_from_a_gema_only_file_with_fresh_d(shards, init_ffhq_style, tmp_
 # ----------------------------------------------------------------------------
 # Two processes: identical gradients after every phase, exact resume, another world size.
 
-def test_two_processes_sync_resume_bitwise_and_at_another_world_size(shards, init_full, tmp_path, monkeypatch):
-    feats = [f"model.init={init_full}", "ada.p=0.3", "ada.interval=2", "freeze.d=2", "freeze.style=2",
-             "freeze.structure_layers=2", "run.check_sync=true", "run.ckpt_ticks=100", "run.export_ticks=1"]
-    a, b = tmp_path / "a", tmp_path / "b"
-    r = torchrun("launch.train_gan", 2, args(shards, a, 8, *feats))
+TWO_PROCESS_FEATURES = ["ada.p=0.3", "ada.interval=2", "freeze.d=2", "freeze.style=2", "freeze.structure_layers=2",
+                        "run.check_sync=true", "run.ckpt_ticks=100", "run.export_ticks=1"]
+
+
+def test_two_processes_stay_in_sync_and_continue_at_another_world_size(shards, init_full, tmp_path, monkeypatch):
+    a = tmp_path / "a"
+    r = torchrun("launch.train_gan", 2, args(shards, a, 8, f"model.init={init_full}", *TWO_PROCESS_FEATURES,
+                                             "run.ckpt_ticks=2"))
     assert "2 process(es)" in r.stdout
-    torchrun("launch.train_gan", 2, args(shards, b, 4, *feats))
-    torchrun("launch.train_gan", 2, ["--resume", "latest", f"run.dir={b}", f"run.total_kimg={8 * STEP_KIMG}"])
     sync = [row["Debug/sync_checks"] for row in stats(a)]
     assert sync and all(v == 1.0 for v in sync)  # every phase of every step was hash-compared across ranks
-    fa = assert_same_final_state(a, b, tmp_path, 2)
-    assert any(k.startswith("opt_G.state.") and k.endswith("exp_avg_sq") for k in fa)
-    # The half-way checkpoint of b, continued by one process: runs to the end with the same global batch.
-    half = sorted(glob.glob(str(b / "checkpoints/ckpt-*")))[0]
+    # The half-way checkpoint, continued by one process: runs to the end with the same global batch.
+    half = sorted(glob.glob(str(a / "checkpoints/ckpt-*")))[0]
     # Continuing an older checkpoint inside the same run would interleave two histories.
     assert run_inprocess(["--resume", half, f"run.total_kimg={8 * STEP_KIMG}"], monkeypatch) == 2
     c = tmp_path / "c"
     assert run_inprocess(["--resume", half, f"run.dir={c}", f"run.total_kimg={8 * STEP_KIMG}"], monkeypatch) == 0
     assert "(2 -> 1 processes)" in (c / "log.txt").read_text()
     assert stats(c)[-1]["Progress/kimg"] == pytest.approx(8 * STEP_KIMG)
+
+
+@pytest.mark.slow  # three 2-process launches (about 60 s); test_stop.py resumes a 1-process run bitwise fast
+def test_two_processes_resume_bitwise(shards, init_full, tmp_path):
+    feats = [f"model.init={init_full}", *TWO_PROCESS_FEATURES]
+    a, b = tmp_path / "a", tmp_path / "b"
+    torchrun("launch.train_gan", 2, args(shards, a, 8, *feats))
+    torchrun("launch.train_gan", 2, args(shards, b, 4, *feats))
+    torchrun("launch.train_gan", 2, ["--resume", "latest", f"run.dir={b}", f"run.total_kimg={8 * STEP_KIMG}"])
+    fa = assert_same_final_state(a, b, tmp_path, 2)
+    assert any(k.startswith("opt_G.state.") and k.endswith("exp_avg_sq") for k in fa)
 
 
 # ----------------------------------------------------------------------------
