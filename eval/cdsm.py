@@ -257,12 +257,15 @@ class LookUpTable:
     def __contains__(self, name: object) -> bool:
         return name in self.entries
 
+    def payload(self) -> dict:
+        """The table as its file holds it (plain values and tensors), also embedded in bundles."""
+        _check_plain(self.meta, "meta")
+        return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "fingerprint": self.fingerprint,
+                "meta": dict(self.meta), "entries": {n: e.to_dict() for n, e in self.entries.items()}}
+
     def save(self, path: str | os.PathLike) -> None:
         """Writes atomically: a temporary file beside ``path``, then ``os.replace``."""
-        _check_plain(self.meta, "meta")
-        payload = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "fingerprint": self.fingerprint,
-                   "meta": self.meta, "entries": {n: e.to_dict() for n, e in self.entries.items()}}
-        torch_save_atomic(payload, path)
+        torch_save_atomic(self.payload(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expect_fingerprint: str | None = None) -> LookUpTable:
@@ -274,14 +277,15 @@ class LookUpTable:
         except Exception as e:  # truncated zip, not a torch file, unsafe pickle, ...
             raise ValueError(f"{path} is not a readable look-up table (truncated or not a torch file): "
                              f"{type(e).__name__}: {e}") from e
-        table = cls._from_payload(payload, path)
+        table = cls.from_payload(payload, path)
         if expect_fingerprint is not None and expect_fingerprint != table.fingerprint:
             raise TableMismatch(f"{path} was built for another generator (fingerprint {table.fingerprint}) "
                                 f"than the one in use ({expect_fingerprint}); rebuild the table for it")
         return table
 
     @classmethod
-    def _from_payload(cls, payload: object, path: str | os.PathLike) -> LookUpTable:
+    def from_payload(cls, payload: object, path: str | os.PathLike) -> LookUpTable:
+        """A table from ``payload()``'s layout; ValueError naming ``path`` when it is not one."""
         if not isinstance(payload, dict) or payload.get("format") != TABLE_FORMAT:
             raise ValueError(f"{path} is not a CDSM look-up table (no {TABLE_FORMAT!r} format tag)")
         if payload.get("version") != TABLE_VERSION:

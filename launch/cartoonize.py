@@ -20,6 +20,14 @@ method's cartoons against the character's images when a detector is given,
 identity similarity to the photo when --arcface is given, and refused files).
 Photos that are not face-sized or unreadable are listed and skipped; the rest
 of their batch goes on.
+
+--bundle FILE (from launch.bundle) takes the generators, encoders, swap
+resolution, CDSM settings and look-up table from one file instead of
+--g-source/--g-target/--encoder-source/--encoder-target/--lut/--swap-res/
+--mix-index/--no-trgb-replace/--noise-seed (giving one of those too is an
+error). The bundle's table is used as it is: a character it does not hold is
+an error naming the ones it has (build the entry with the separate files, then
+pack a new bundle). Its thumbnails are the sheets' references.
 """
 
 from __future__ import annotations
@@ -42,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--character", help="a character in --lut or a sub-folder name of --target-data")
     who.add_argument("--targets", help="folder with one character's images (the folder name names it)")
     p.add_argument("--target-data", help="folder with one sub-folder of images per character")
-    p.add_argument("--encoder-source", required=True, help="source (photo) encoder: file or checkpoint folder")
+    p.add_argument("--bundle", help="a launch.bundle file in place of the networks, settings and --lut")
+    p.add_argument("--encoder-source", help="source (photo) encoder: file or checkpoint folder")
     p.add_argument("--encoder-target", help="target encoder for the table (needed unless --invert projection)")
-    p.add_argument("--g-source", required=True, help="the FFHQ (source) generator checkpoint")
-    p.add_argument("--g-target", required=True, help="the fine-tuned (target) generator checkpoint")
+    p.add_argument("--g-source", help="the FFHQ (source) generator checkpoint")
+    p.add_argument("--g-target", help="the fine-tuned (target) generator checkpoint")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--lut", help="look-up table file (default: <out>/lut.pt); missing characters are added")
     p.add_argument("--k", type=int, default=50, help="references averaged per character (CDSM: 50)")
@@ -53,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", choices=["encoder", "projection"], default="encoder",
                    help="how references are inverted: target encoder, or optimisation in G_swap")
     p.add_argument("--projection-steps", type=int, default=1000, help="projection steps per reference batch")
-    p.add_argument("--iters", type=int, default=5, help="encoder refinement passes (ReStyle: 5)")
-    p.add_argument("--swap-res", type=int, default=32, help="G_swap takes the target's layers from here up")
-    p.add_argument("--mix-index", type=int, default=6,
+    p.add_argument("--iters", type=int, help="encoder refinement passes (ReStyle: 5; with --bundle: its own)")
+    p.add_argument("--swap-res", type=int, help="G_swap takes the target's layers from here up (default 32)")
+    p.add_argument("--mix-index", type=int,
                    help="m: conv styles of W+ index < m come from the photo (CDSM: 6)")
     p.add_argument("--no-trgb-replace", action="store_true",
                    help="tRGB styles follow the W+ index rule instead of all coming from the character")
-    p.add_argument("--noise-seed", type=int, default=0, help="seed of the fixed noise maps")
+    p.add_argument("--noise-seed", type=int, help="seed of the fixed noise maps (default 0)")
     p.add_argument("--references", type=int, default=3, help="character references shown per sheet row")
     p.add_argument("--min-side", type=int, default=64, help="smallest accepted photo side in pixels")
     p.add_argument("--arcface", help="model_ir_se50.pth for identity similarity (skipped when absent)")
@@ -71,8 +80,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BUNDLED = ("g_source", "g_target", "encoder_source", "encoder_target", "lut", "swap_res", "mix_index",
+           "noise_seed")
+"""Options a bundle replaces (and --no-trgb-replace)."""
+
+
+def check_sources(args: argparse.Namespace) -> str | None:
+    """What is wrong with the choice between --bundle and the separate files (None: nothing);
+    fills in the defaults the separate files use."""
+    if args.bundle:
+        given = [f"--{k.replace('_', '-')}" for k in BUNDLED if getattr(args, k) is not None]
+        given += ["--no-trgb-replace"] if args.no_trgb_replace else []
+        if given:
+            return f"--bundle holds {', '.join(given)}: give the bundle or these options, not both"
+        return None
+    missing = [f"--{k.replace('_', '-')}" for k in ("encoder_source", "g_source", "g_target") if not getattr(args, k)]
+    if missing:
+        return f"without --bundle, {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required"
+    for key, default in (("iters", 5), ("swap_res", 32), ("mix_index", 6), ("noise_seed", 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return None
+
+
+def _from_bundle(args: argparse.Namespace, device):
+    """The bundle's networks on ``device``; its settings written into ``args`` for the rest of the run."""
+    from eval.bundle import read_bundle
+
+    b = read_bundle(args.bundle)
+    args.swap_res, args.mix_index, args.noise_seed = b.mix.swap_resolution, b.mix.m, b.mix.noise_seed
+    args.no_trgb_replace = not b.mix.trgb_from_character
+    args.iters = args.iters if args.iters is not None else b.iters
+    args.loaded_bundle = b
+    enc_t = b.encoder_target.to(device) if b.encoder_target is not None else None
+    return b.encoder_source.to(device), enc_t, b.G_swap.to(device)
+
+
 def _networks(args: argparse.Namespace, device):
     """(source encoder, target encoder or None, G_swap) on ``device``."""
+    if args.bundle:
+        return _from_bundle(args, device)
     from trainer.encoder.formats import load_encoder
     from trainer.model_io import load_checkpoint
     from trainer.networks.swap import g_swap
@@ -124,6 +171,12 @@ def character_latent(args, dist, G, enc_t, size: int, check, out: Path):
     from eval.cdsm_run import build_entries, update_table
 
     name, files = character_images(args)
+    if args.bundle:
+        table = args.loaded_bundle.table
+        if name not in table:
+            raise KeyError(f"{args.bundle}: no character {name!r} in the bundle; it holds: "
+                           f"{', '.join(table.names()) or '(none)'}")
+        return table.get(name), []
     path = Path(args.lut) if args.lut else out / "lut.pt"
     fp = generator_fingerprint(G)
     table = LookUpTable.load(path, fp) if path.is_file() else LookUpTable(fp, {"swap_res": args.swap_res})
@@ -172,9 +225,7 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
     files = image_files(args.photos, recursive=False)
     if not files:
         raise FileNotFoundError(f"{args.photos}: no photos")
-    shown = read_batch([Path(p) for p in entry.images], list(range(min(args.references, len(entry.images)))),
-                       size, check).images
-    refs = list(shown) if shown is not None else []
+    refs = _references(args, entry, size, check)
     w_char = entry.latent[None].to(dist.device)
     ident = Identity(args, dist.device)
     done, refused = 0, []
@@ -198,6 +249,22 @@ def cartoonize_photos(args, dist, enc_s, G, entry, size: int, check, out: Path) 
             save_png(to_uint8(sheet_row(cells, size)[None])[0], out / "sheets" / f"{stem}.png")
         done += len(b.index)
     return done, refused, ident.means(dist)
+
+
+def _references(args, entry, size: int, check) -> list:
+    """The character images a sheet row shows: the bundle's thumbnails, else the table's files."""
+    import torch
+
+    from eval.cdsm_run import read_batch
+
+    if args.bundle:
+        thumbs = args.loaded_bundle.references.get(entry.name)
+        if thumbs is not None:
+            x = torch.from_numpy(thumbs[:args.references]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            return list(x)
+    shown = read_batch([Path(p) for p in entry.images], list(range(min(args.references, len(entry.images)))),
+                       size, check).images
+    return list(shown) if shown is not None else []
 
 
 class Identity:
@@ -262,7 +329,8 @@ def run(args: argparse.Namespace, dist) -> dict:
     done, refused, ids = cartoonize_photos(args, dist, enc_s, G, entry, size, check, out)
     dist.barrier()  # every rank's PNGs are on disk before anyone measures the folders
     _, ref_files = character_images(args)
-    metrics = style_metrics(args, dist, out, ref_files or [Path(p) for p in entry.images])
+    # A bundle's table may name files of another machine: only those still here are measured.
+    metrics = style_metrics(args, dist, out, ref_files or [Path(p) for p in entry.images if Path(p).is_file()])
     counts = dist.gather_objects((done, refused))
     if not dist.is_main:
         return {}
@@ -277,7 +345,11 @@ def run(args: argparse.Namespace, dist) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_sources(args)
+    if problem:
+        parser.error(problem)
     from launch._args import run_on_every_rank
     from trainer.model_io import CheckpointError
 

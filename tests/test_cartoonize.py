@@ -42,7 +42,11 @@ def encoder(G: Generator, seed: int) -> ReStyle:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("cartoonize")
+    return make_files(tmp_path_factory.mktemp("cartoonize"))
+
+
+def make_files(root: Path) -> dict:
+    """Tiny generators and encoders, photos (three of them refused) and two characters' images under ``root``."""
     g_src, g_tgt = generator(1), generator(2)
     out = {"g_src": str(save_checkpoint(root / "g_src.pt", "rosinality", g_ema=g_src)),
            "g_tgt": str(save_checkpoint(root / "g_tgt.pt", "rosinality", g_ema=g_tgt)),

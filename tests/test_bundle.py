@@ -1,0 +1,173 @@
+"""launch.bundle and eval.bundle.Cartoonizer on the tiny networks of test_cartoonize."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from eval.bundle import BundleError, Cartoonizer, read_bundle
+from launch import bundle as bundle_cli
+from launch import cartoonize as cli
+from tests.test_cartoonize import make_files
+from trainer.model_io import UnsafeCheckpointError
+from trainer.model_io.safe_pickle import torch_load
+
+
+def _cartoonize(argv: list[str]) -> int:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACCELERATE_USE_CPU", "1")
+        return cli.main(argv)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> dict:
+    """The six-path cartoonize run (which builds hero's table) and a bundle of the same parts."""
+    root = tmp_path_factory.mktemp("bundle")
+    files = make_files(root)
+    clean = root / "clean"
+    clean.mkdir()
+    for i in range(4):  # only faces: the API is compared batch for batch with the command
+        shutil.copy(files["photos"] / f"p{i}.png", clean)
+    six = root / "six"
+    assert _cartoonize(["--photos", str(clean), "--character", "hero", "--target-data", str(files["chars"]),
+                        "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
+                        "--g-source", files["g_src"], "--g-target", files["g_tgt"], "--out", str(six),
+                        "--k", "4", "--batch", "2", "--iters", "2"]) == 0
+    path = root / "toonify.bundle"
+    assert bundle_cli.main(["--out", str(path), "--g-source", files["g_src"], "--g-target", files["g_tgt"],
+                            "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
+                            "--lut", str(six / "lut.pt"), "--iters", "2"]) == 0
+    photos = [np.asarray(Image.open(clean / f"p{i}.png")) for i in range(4)]
+    return {**files, "root": root, "clean": clean, "six": six, "bundle": path, "photos": photos,
+            "toon": Cartoonizer.load(path)}
+
+
+def _pngs(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(folder / f"p{i}.png")) for i in range(4)])
+
+
+@pytest.mark.parametrize("method", cli.METHODS)
+def test_bundle_cartoons_equal_the_six_path_command(packed, method):
+    got = packed["toon"].cartoonize(packed["photos"], "hero", method, batch_size=2)
+    assert got.dtype == np.uint8 and np.array_equal(got, _pngs(packed["six"] / method))
+
+
+def test_cartoonize_with_bundle_writes_the_same_pngs(packed, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _cartoonize(["--photos", str(packed["clean"]), "--character", "hero", "--bundle", str(packed["bundle"]),
+                        "--out", str(out), "--batch", "2"]) == 0
+    for method in cli.METHODS:
+        assert np.array_equal(_pngs(out / method), _pngs(packed["six"] / method))
+    assert json.loads((out / "report.json").read_text())["settings"]["iters"] == 2  # the bundle's passes
+    assert _cartoonize(["--photos", str(packed["clean"]), "--character", "villain", "--bundle",
+                        str(packed["bundle"]), "--out", str(out)]) == 2
+    assert "no character 'villain' in the bundle; it holds: hero" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--photos", "p", "--character", "hero", "--out", "o", "--bundle", "b", "--g-source", "g",
+                  "--mix-index", "3"])
+    assert e.value.code == 2
+    assert "--bundle holds --g-source, --mix-index" in capsys.readouterr().err
+
+
+def test_api_methods_batches_and_latents(packed):
+    toon = packed["toon"]
+    assert toon.characters == ["hero"] and toon.size == 32
+    refs = toon.references("hero")
+    assert refs.dtype == np.uint8 and refs.shape == (4, 64, 64, 3)  # 64 px references are not enlarged
+    photos = packed["photos"]
+    for method in cli.METHODS:
+        one, w1 = toon.cartoonize(photos[0], "hero", method, return_latents=True)
+        four, w4 = toon.cartoonize(photos, "hero", method, return_latents=True, batch_size=4)
+        assert one.shape == (1, 32, 32, 3) and four.shape == (4, 32, 32, 3) and four.dtype == np.uint8
+        assert w1.shape == (1, 8, 32) and w4.shape == (4, 8, 32)
+        assert np.abs(one[0].astype(int) - four[0].astype(int)).max() <= 1
+    # A PIL image and a float tensor at the encoder's size are the same photo.
+    x = torch.from_numpy(np.asarray(Image.fromarray(photos[1]).resize((32, 32), Image.Resampling.LANCZOS),
+                                    np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    a = toon.cartoonize(Image.fromarray(photos[1]), "hero")
+    assert np.array_equal(a, toon.cartoonize(x, "hero"))
+    with pytest.raises(KeyError, match="hero"):
+        toon.cartoonize(photos[0], "villain")
+    with pytest.raises(ValueError, match="method"):
+        toon.cartoonize(photos[0], "hero", "sketch")
+
+
+@pytest.fixture(scope="module")
+def payload(packed) -> dict:
+    return torch_load(packed["bundle"])
+
+
+def _refused(payload: dict, tmp_path: Path, change, message: str) -> None:
+    obj = copy.deepcopy(payload)
+    change(obj)
+    path = tmp_path / "changed.bundle"
+    torch.save(obj, path)
+    with pytest.raises(BundleError) as e:
+        read_bundle(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_missing_part_a_newer_version_and_another_format_are_named(payload, tmp_path):
+    _refused(payload, tmp_path, lambda o: o.pop("encoder_source"), "missing part(s): encoder_source")
+    _refused(payload, tmp_path, lambda o: o.update(version=2),
+             "bundle version 2 is newer than this code reads (version 1)")
+    _refused(payload, tmp_path, lambda o: o.update(format="something.else"), "is not a toonmix bundle")
+
+
+def test_a_part_that_does_not_build_and_a_table_of_another_g_swap_are_named(payload, tmp_path):
+    _refused(payload, tmp_path, lambda o: o["g_target"]["g_ema"].pop("conv1.conv.weight"),
+             "part 'g_target' does not build")
+    _refused(payload, tmp_path, lambda o: o.update(swap_res=16), "does not match the bundled G_swap")
+
+
+MARKER: list[str] = []
+
+
+def _mark(text: str) -> None:
+    MARKER.append(text)
+
+
+class Payload:
+    """Runs ``_mark`` when unpickled by a loader that builds arbitrary objects."""
+
+    def __reduce__(self):
+        return _mark, ("ran",)
+
+
+def test_a_foreign_pickle_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "evil.bundle"
+    torch.save({"format": "toonmix.bundle", "version": 1, "g_source": Payload()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load a Python object"):
+        Cartoonizer.load(path)
+    assert MARKER == []
+
+
+def test_run_dir_layout_and_explicit_flags_override_it(packed, tmp_path, capsys):
+    run = tmp_path / "run"
+    for rel, src in (("gan_target/network.pt", packed["g_tgt"]), ("encoder_source/encoder-restyle.pt", packed["enc_s"]),
+                     ("lut.pt", packed["six"] / "lut.pt")):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, run / rel)
+    (run / "encoder_target").mkdir()
+    (run / "encoder_target" / "config.yaml").write_text(yaml.safe_dump(
+        {"decoder": {"source": packed["g_src"], "target_mode": "swap", "swap_res": 32}}))
+    (run / "stages").mkdir()
+    (run / "stages" / "cartoonize.json").write_text(json.dumps(
+        {"commands": ["accelerate launch -m launch.cartoonize --photos x --mix-index 5 --iters 2 --k 4"]}))
+    out = tmp_path / "demo.bundle"
+    assert bundle_cli.main(["--out", str(out), "--run-dir", str(run), "--thumbs", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    b = read_bundle(out)
+    assert (b.mix.m, b.iters, b.mix.swap_resolution, b.encoder_target, b.references) == (5, 2, 32, None, {})
+    args = bundle_cli.build_parser().parse_args(["--out", "x", "--run-dir", str(run), "--mix-index", "3"])
+    assert bundle_cli.resolve(args)["mix_index"] == 3
+    assert bundle_cli.main(["--out", str(out), "--run-dir", str(run), "--characters", "hero,nobody"]) == 2
+    assert "no character(s) nobody; the table holds: hero" in capsys.readouterr().err
