@@ -64,9 +64,10 @@ def base_args(files: dict, tmp: Path) -> list[str]:
             "--detector", files["detector"], "--cache-dir", str(tmp / "cache")]
 
 
-def test_statistics_are_bit_identical_on_1_2_and_3_ranks(files, tmp_path):
+def test_statistics_are_bit_identical_on_1_and_3_ranks(files, tmp_path):
     # Shards, a generator and a folder with an unreadable file; batches of 3 over 10-11 items
-    # leave the last rank with fewer (or no) batches.
+    # leave the last of 3 ranks with fewer (or no) batches (2 ranks split them evenly and add
+    # nothing to check but a launch).
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(8):
@@ -74,7 +75,7 @@ def test_statistics_are_bit_identical_on_1_2_and_3_ranks(files, tmp_path):
             folder / f"{i}.png")
     (folder / "5b.png").write_bytes(b"broken")
     outs = []
-    for world in (1, 2, 3):
+    for world in (1, 3):
         out = tmp_path / f"w{world}"
         out.mkdir()
         torchrun("tests.dist_fid_check", world, [str(out), files["shards"], files["g"], str(folder), "3"])
@@ -276,8 +277,9 @@ def test_every_preprocess_ddof_pair_in_the_docs_is_accepted():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "eval.md").read_text()
     table = text.split("### Reproducing another tool's FID", 1)[1].split("\n\n|", 1)[1]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in ("|" + table).splitlines()
-            if line.startswith("|")]
+    lines = ("|" + table).splitlines()
+    lines = lines[:next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]  # this table only
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     header, rows = rows[0], rows[2:]
     assert header[:3] == ["tool (mode)", "`--preprocess`", "`--ddof`"]
     choices = {a.dest: a.choices for a in cli.build_parser()._actions}

@@ -65,6 +65,7 @@ def test_projection_lowers_its_loss_and_its_files_reproduce_it(files, tmp_path, 
     assert "skipped:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 16 s; cartoonize's 2-rank test covers the same batch split and gather fast
 def test_two_ranks_give_the_one_rank_latents(files, tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     torch.set_num_threads(1)  # as each torchrun process: the same CPU kernels

@@ -92,7 +92,7 @@ def test_compare_ranks_the_generator_of_the_data_first(files, tmp_path, monkeypa
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     out = tmp_path / "cmp"
     assert compare.main(["--gen", f"other={files['s']}", f"same={files['t']}", "--real", files["real"],
-                         "--num-gen", "8", "--max-real", "8", "--detector", "untrained", "--kid", "--batch", "16",
+                         "--num-gen", "4", "--max-real", "4", "--detector", "untrained", "--kid", "--batch", "16",
                          "--seeds", "0-3",
                          "--cache-dir", "", "--out", str(out)]) == 0
     rows = json.loads((out / "compare.json").read_text())["rows"]

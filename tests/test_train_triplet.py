@@ -105,6 +105,7 @@ def test_bad_input_exits_2(change, message, files, tmp_path, monkeypatch, capsys
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 16 s; the GAN and encoder tests check the shared synced step on 2 processes fast
 def test_two_processes_stay_in_sync(files, tmp_path):
     run = tmp_path / "two"
     # check_sync hashes every rank's gradients and weights after each step and fails on a difference.
