@@ -194,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = r.returncode == 0 and "resumed from" in r.stdout + r.stderr
             if not ok:
                 print(f"[faults] {name}: the resume failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-1500:]}")
+            named = re.search(r"rank\(s\) (behind|gone): 1 \([^)]*\)", out)
             rows.append({"fault": name, "recovered": ok,
                          "seconds_to_exit": round(seconds, 1), "orphans": int(alive(workers[0])),
-                         "message": "a collective failed" in out})
+                         "message": "a collective failed" in out, "names_rank_1": named[0] if named else None})
             print(f"[faults] {rows[-1]}", flush=True)
 
         r = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_checkpoint.py", "tests/test_stop.py",
