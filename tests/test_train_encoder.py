@@ -153,7 +153,9 @@ def test_two_processes_resume_bitwise_with_every_loss_and_g_swap(files, tmp_path
     torchrun("launch.train_encoder", 2, [*feats, f"run.dir={a}", "run.total_kimg=0.016", "run.ckpt_ticks=2"])
     torchrun("launch.train_encoder", 2, [*feats, f"run.dir={b}", "run.total_kimg=0.008"])
     torchrun("launch.train_encoder", 2, ["--resume", "latest", f"run.dir={b}", "run.total_kimg=0.016"])
-    assert_same_final_state(a, b, tmp_path, 2)
+    assert "resumed from" in (b / "log.txt").read_text()
+    fa = assert_same_final_state(a, b, tmp_path, 2)  # every value bitwise, every rank's RNG and data position
+    assert any(k.startswith("opt.state.") and "slow_buffer" in k for k in fa)  # Ranger's lookahead state compared too
 
 
 # ----------------------------------------------------------------------------
