@@ -70,6 +70,29 @@ def load_generator(args: argparse.Namespace, device):
     return G.to(device).eval()
 
 
+CDSM_HELP = {
+    "g-source": "the FFHQ (source) generator checkpoint",
+    "g-target": "the fine-tuned (target) generator checkpoint",
+    "encoder-source": "source (photo) encoder: file or checkpoint folder",
+    "encoder-target": "target (character) encoder",
+    "lut": "look-up table of the characters' latents",
+    "swap-res": "G_swap takes the target's layers from here up (default 32)",
+    "mix-index": "m: conv styles of W+ index < m come from the photo (CDSM: 6)",
+    "noise-seed": "seed of the fixed noise maps (default 0)",
+    "iters": "source encoder refinement passes (ReStyle: 5)",
+}
+
+
+def add_cdsm_args(p: argparse.ArgumentParser, **help_for: str) -> None:
+    """The networks and CDSM settings that launch.cartoonize takes and launch.bundle packs, under
+    the same names (``help_for``: a command's own help text, by flag name with "_" for "-")."""
+    for flag, text in CDSM_HELP.items():
+        kind = {"type": int} if flag in ("swap-res", "mix-index", "noise-seed", "iters") else {}
+        p.add_argument(f"--{flag}", help=help_for.get(flag.replace("-", "_"), text), **kind)
+    p.add_argument("--no-trgb-replace", action="store_true",
+                   help="tRGB styles follow the W+ index rule instead of all coming from the character")
+
+
 def add_lpips_args(p: argparse.ArgumentParser, default_net: str = "alex") -> None:
     """LPIPS weight options: the public files by name in --weights-dir, or each path alone."""
     import os

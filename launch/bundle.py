@@ -29,24 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
+from launch._args import add_cdsm_args
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m launch.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the bundle file to write")
     p.add_argument("--run-dir", help="a launch.demo run folder to take the parts from")
-    p.add_argument("--g-source", help="the FFHQ (source) generator checkpoint")
-    p.add_argument("--g-target", help="the fine-tuned (target) generator checkpoint")
-    p.add_argument("--encoder-source", help="source (photo) encoder: file or checkpoint folder")
-    p.add_argument("--encoder-target", help="target (character) encoder (optional)")
-    p.add_argument("--lut", help="look-up table built by launch.cartoonize for this G_swap")
+    add_cdsm_args(p, encoder_target="target (character) encoder (optional)",
+                  lut="look-up table built by launch.cartoonize for this G_swap",
+                  swap_res="G_swap's swap resolution (default: the table's, else 32)",
+                  iters="source encoder refinement passes (default 5)")
     p.add_argument("--characters", help="comma-separated characters of the table to pack (default: all)")
-    p.add_argument("--swap-res", type=int, help="G_swap's swap resolution (default: the table's, else 32)")
-    p.add_argument("--mix-index", type=int, help="m: conv styles of W+ index < m from the photo (default 6)")
-    p.add_argument("--no-trgb-replace", action="store_true",
-                   help="tRGB styles follow the W+ index rule instead of all coming from the character")
-    p.add_argument("--noise-seed", type=int, help="seed of the fixed noise maps (default 0)")
-    p.add_argument("--iters", type=int, help="source encoder refinement passes (default 5)")
     p.add_argument("--thumbs", type=int, default=4, help="reference thumbnails per character (0: none)")
     p.add_argument("--thumb-size", type=int, default=128, help="thumbnail side in pixels (never enlarged)")
     return p

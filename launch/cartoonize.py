@@ -41,6 +41,7 @@ METHODS = ("cdsm", "toonify", "wplus")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from launch._args import add_cdsm_args
     from launch.fid import add_detector_args
 
     p = argparse.ArgumentParser(prog="accelerate launch -m launch.cartoonize", description=__doc__,
@@ -51,24 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--targets", help="folder with one character's images (the folder name names it)")
     p.add_argument("--target-data", help="folder with one sub-folder of images per character")
     p.add_argument("--bundle", help="a launch.bundle file in place of the networks, settings and --lut")
-    p.add_argument("--encoder-source", help="source (photo) encoder: file or checkpoint folder")
-    p.add_argument("--encoder-target", help="target encoder for the table (needed unless --invert projection)")
-    p.add_argument("--g-source", help="the FFHQ (source) generator checkpoint")
-    p.add_argument("--g-target", help="the fine-tuned (target) generator checkpoint")
+    add_cdsm_args(p, encoder_target="target encoder for the table (needed unless --invert projection)",
+                  lut="look-up table file (default: <out>/lut.pt); missing characters are added",
+                  iters="encoder refinement passes (ReStyle: 5; with --bundle: its own)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--lut", help="look-up table file (default: <out>/lut.pt); missing characters are added")
     p.add_argument("--k", type=int, default=50, help="references averaged per character (CDSM: 50)")
     p.add_argument("--seed", type=int, default=0, help="seeds the reference sampling")
     p.add_argument("--invert", choices=["encoder", "projection"], default="encoder",
                    help="how references are inverted: target encoder, or optimisation in G_swap")
     p.add_argument("--projection-steps", type=int, default=1000, help="projection steps per reference batch")
-    p.add_argument("--iters", type=int, help="encoder refinement passes (ReStyle: 5; with --bundle: its own)")
-    p.add_argument("--swap-res", type=int, help="G_swap takes the target's layers from here up (default 32)")
-    p.add_argument("--mix-index", type=int,
-                   help="m: conv styles of W+ index < m come from the photo (CDSM: 6)")
-    p.add_argument("--no-trgb-replace", action="store_true",
-                   help="tRGB styles follow the W+ index rule instead of all coming from the character")
-    p.add_argument("--noise-seed", type=int, help="seed of the fixed noise maps (default 0)")
     p.add_argument("--references", type=int, default=3, help="character references shown per sheet row")
     p.add_argument("--min-side", type=int, default=64, help="smallest accepted photo side in pixels")
     p.add_argument("--arcface", help="model_ir_se50.pth for identity similarity (skipped when absent)")
