@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo serve test test-all bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): requirements.txt requirements-build.txt | $(PY)
 # run skips finished stages and resumes an interrupted one. DEMO_ARGS passes options.
 demo: $(STAMP)
 	$(PY) -m launch.demo --out runs/demo $(DEMO_ARGS)
+
+# The demo's cartoonizer as a web page on http://127.0.0.1:8000/ (python -m launch.serve --help).
+serve: $(STAMP)
+	$(PY) -m launch.serve --bundle runs/demo/demo.bundle --examples runs/demo/data/photos/test $(SERVE_ARGS)
 
 # Fast suite: everything not marked slow (CUDA tests skip themselves without a GPU).
 test: $(STAMP)

@@ -275,11 +275,21 @@ class Cartoonizer:
 
     def invert(self, images: Images, iters: int | None = None, batch_size: int = 8) -> torch.Tensor:
         """The photos' W+ [N, L, D] from the source encoder, on the CPU."""
-        x = photos_tensor(images, self.size)
         with torch.no_grad():
-            return torch.cat([self.encoder.invert(x[i:i + batch_size].to(self.device),
-                                                  self._iters(iters))[-1].latent.cpu()
-                              for i in range(0, len(x), batch_size)])
+            return torch.cat([w.cpu() for w, _ in self._passes(images, iters, batch_size)])
+
+    def _passes(self, images: Images, iters: int | None, batch_size: int):
+        """Per batch of photos: (the last pass's W+, its reconstruction at the encoder's size)."""
+        x = photos_tensor(images, self.size)
+        n = self._iters(iters)
+        for i in range(0, len(x), batch_size):
+            last = self.encoder.invert(x[i:i + batch_size].to(self.device), n)[-1]
+            yield last.latent, last.image
+
+    def _mix(self, method: str, w: torch.Tensor, w_char: torch.Tensor) -> torch.Tensor:
+        cfg = self.bundle.mix
+        return (cartoonize(self.G, w, w_char, cfg) if method == "cdsm" else toonify(self.G, w, cfg)
+                if method == "toonify" else wplus_mix(self.G, w, w_char, cfg))
 
     def cartoonize(self, images: Images, character: str, method: str = "cdsm", return_latents: bool = False,
                    iters: int | None = None, batch_size: int = 8) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
@@ -287,18 +297,24 @@ class Cartoonizer:
 
         ``method``: "cdsm", "toonify" (the photo's latent in G_swap) or "wplus" (W+ style mixing);
         ``iters`` overrides the bundle's encoder passes; ``batch_size`` photos per forward."""
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        out = self.compare(images, character, (method,), iters, batch_size)
+        return (out[method], out["latents"]) if return_latents else out[method]
+
+    def compare(self, images: Images, character: str, methods: Sequence[str] = METHODS,
+                iters: int | None = None, batch_size: int = 8) -> dict[str, np.ndarray | torch.Tensor]:
+        """Every method's cartoons from one inversion, as the sheets of ``launch.cartoonize`` show them.
+
+        Returns uint8 [N, S, S, 3] arrays under each method's name and "reconstruction" (the
+        source encoder's last pass, at its input size), and the photos' W+ under "latents"."""
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"method must be one of {METHODS}, got {bad or list(methods)}")
         w_char = self.bundle.table.get(character).latent[None].to(self.device)
-        cfg = self.bundle.mix
-        x = photos_tensor(images, self.size)
-        cartoons, latents = [], []
+        parts: dict[str, list] = {k: [] for k in ("latents", "reconstruction", *methods)}
         with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                w = self.encoder.invert(x[i:i + batch_size].to(self.device), self._iters(iters))[-1].latent
-                y = (cartoonize(self.G, w, w_char, cfg) if method == "cdsm" else toonify(self.G, w, cfg)
-                     if method == "toonify" else wplus_mix(self.G, w, w_char, cfg))
-                cartoons.append(to_uint8(y))
-                latents.append(w.cpu())
-        out = np.concatenate(cartoons)
-        return (out, torch.cat(latents)) if return_latents else out
+            for w, rec in self._passes(images, iters, batch_size):
+                parts["latents"].append(w.cpu())
+                parts["reconstruction"].append(to_uint8(rec))
+                for m in methods:
+                    parts[m].append(to_uint8(self._mix(m, w, w_char)))
+        return {k: torch.cat(v) if k == "latents" else np.concatenate(v) for k, v in parts.items()}

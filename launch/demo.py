@@ -19,6 +19,8 @@ the small configs launch/configs/demo_*.yaml:
   fid             FID/KID of both generators (launch.fid)
   probe           measure whether the stages work, with probes trained on the drawn data
                   (launch.probe: characters recognised, face position kept; pass/fail thresholds)
+  bundle          <out>/demo.bundle: the cartoonizer in one file (launch.bundle), which
+                  `make serve` (python -m launch.serve) shows as a web page
   report          <out>/report.md, <out>/metrics.json and the sheets they show
 
 A finished stage is recorded in <out>/stages/<name>.json and skipped when the
@@ -39,6 +41,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -202,6 +205,8 @@ def stages(args: argparse.Namespace) -> list[Stage]:
         Stage("probe", "measure the stages with probes trained on the drawn data", [
             ["launch.probe", "--data", str(data), "--cartoons", str(o / "cartoons"), "--g-source", str(gs),
              "--g-target", str(gt), "--out", str(o / "metrics" / "probe.json")]], distributed=False),
+        Stage("bundle", "pack the cartoonizer into one file for the web page and the Python API", [
+            ["launch.bundle", "--out", str(o / "demo.bundle"), "--run-dir", str(o)]], distributed=False),
         Stage("report", "write report.md and metrics.json", [], distributed=False),
     ]
 
@@ -374,7 +379,18 @@ def run_stages(plan: list[Stage], args: argparse.Namespace, out: Path) -> int:
                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")
         os.replace(tmp, record)  # written only after every command succeeded: a partial stage reruns
     print(f"\n[demo] done in {time.time() - start:.0f} s: {out / 'report.md'}", flush=True)
+    if (out / "demo.bundle").is_file():
+        print(f"[demo] see the cartoonizer as a web page: {serve_command(out)}", flush=True)
     return 0
+
+
+def serve_command(out: Path) -> str:
+    """The command that serves the demo's bundle (``make serve`` for the default run folder)."""
+    if out.resolve() == Path("runs/demo").resolve():
+        return "make serve  (then open http://127.0.0.1:8000/)"
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
+    return shlex.join([python, "-m", "launch.serve", "--bundle", str(out / "demo.bundle"),
+                       "--examples", str(out / "data" / "photos" / "test")])
 
 
 if __name__ == "__main__":

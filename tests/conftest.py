@@ -96,3 +96,36 @@ def emulator(tmp_path_factory) -> KernelEmulator:
     subprocess.run([cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Werror", f"-I{CSRC}",
                     str(ROOT / "tests" / "csrc" / "kernel_emulator.cpp"), "-o", str(out)], check=True)
     return KernelEmulator(ctypes.CDLL(str(out)))
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory) -> dict:
+    """A bundle of test_cartoonize's tiny networks (tests/test_bundle.py, tests/test_serve.py)
+    and the six-path cartoonize run that built its table, with the same parts."""
+    from PIL import Image
+
+    from eval.bundle import Cartoonizer
+    from launch import bundle as bundle_cli
+    from launch import cartoonize
+    from tests.test_cartoonize import make_files
+
+    root = tmp_path_factory.mktemp("bundle")
+    files = make_files(root)
+    clean = root / "clean"
+    clean.mkdir()
+    for i in range(4):  # only faces: the API is compared batch for batch with the command
+        shutil.copy(files["photos"] / f"p{i}.png", clean)
+    six = root / "six"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACCELERATE_USE_CPU", "1")
+        assert cartoonize.main(["--photos", str(clean), "--character", "hero", "--target-data", str(files["chars"]),
+                                "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
+                                "--g-source", files["g_src"], "--g-target", files["g_tgt"], "--out", str(six),
+                                "--k", "4", "--batch", "2", "--iters", "2"]) == 0
+    path = root / "toonify.bundle"
+    assert bundle_cli.main(["--out", str(path), "--g-source", files["g_src"], "--g-target", files["g_tgt"],
+                            "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
+                            "--lut", str(six / "lut.pt"), "--iters", "2"]) == 0
+    photos = [np.asarray(Image.open(clean / f"p{i}.png")) for i in range(4)]
+    return {**files, "root": root, "clean": clean, "six": six, "bundle": path, "photos": photos,
+            "toon": Cartoonizer.load(path)}

@@ -13,10 +13,10 @@ import torch
 import yaml
 from PIL import Image
 
-from eval.bundle import BundleError, Cartoonizer, read_bundle
+from datasets.imageio import to_uint8
+from eval.bundle import BundleError, Cartoonizer, photos_tensor, read_bundle
 from launch import bundle as bundle_cli
 from launch import cartoonize as cli
-from tests.test_cartoonize import make_files
 from trainer.model_io import UnsafeCheckpointError
 from trainer.model_io.safe_pickle import torch_load
 
@@ -25,29 +25,6 @@ def _cartoonize(argv: list[str]) -> int:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ACCELERATE_USE_CPU", "1")
         return cli.main(argv)
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory) -> dict:
-    """The six-path cartoonize run (which builds hero's table) and a bundle of the same parts."""
-    root = tmp_path_factory.mktemp("bundle")
-    files = make_files(root)
-    clean = root / "clean"
-    clean.mkdir()
-    for i in range(4):  # only faces: the API is compared batch for batch with the command
-        shutil.copy(files["photos"] / f"p{i}.png", clean)
-    six = root / "six"
-    assert _cartoonize(["--photos", str(clean), "--character", "hero", "--target-data", str(files["chars"]),
-                        "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
-                        "--g-source", files["g_src"], "--g-target", files["g_tgt"], "--out", str(six),
-                        "--k", "4", "--batch", "2", "--iters", "2"]) == 0
-    path = root / "toonify.bundle"
-    assert bundle_cli.main(["--out", str(path), "--g-source", files["g_src"], "--g-target", files["g_tgt"],
-                            "--encoder-source", files["enc_s"], "--encoder-target", files["enc_t"],
-                            "--lut", str(six / "lut.pt"), "--iters", "2"]) == 0
-    photos = [np.asarray(Image.open(clean / f"p{i}.png")) for i in range(4)]
-    return {**files, "root": root, "clean": clean, "six": six, "bundle": path, "photos": photos,
-            "toon": Cartoonizer.load(path)}
 
 
 def _pngs(folder: Path) -> np.ndarray:
@@ -98,6 +75,14 @@ def test_api_methods_batches_and_latents(packed):
         toon.cartoonize(photos[0], "villain")
     with pytest.raises(ValueError, match="method"):
         toon.cartoonize(photos[0], "hero", "sketch")
+    # compare: one inversion for every method, the same cartoons, and the encoder's reconstruction.
+    row = toon.compare(photos, "hero", batch_size=2)
+    for method in cli.METHODS:
+        assert np.array_equal(row[method], _pngs(packed["six"] / method))
+    with torch.no_grad():  # the first batch of two, as compare computed it
+        last = toon.encoder.invert(torch.stack([photos_tensor(p, 32)[0] for p in photos[:2]]), 2)[-1]
+    assert np.array_equal(row["reconstruction"][:2], to_uint8(last.image))
+    assert torch.equal(row["latents"][:2], last.latent) and row["latents"].shape == (4, 8, 32)
 
 
 @pytest.fixture(scope="module")

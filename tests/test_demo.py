@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from eval.bundle import Cartoonizer
 from launch import demo
 from launch._demo_report import write_report
 from trainer.encoder.config import EncoderTrainConfig
@@ -50,7 +51,7 @@ def _args(tmp_path: Path, *extra: str):
 def test_every_stage_command_is_accepted_by_its_command(tmp_path):
     plan = demo.stages(_args(tmp_path))
     assert [s.name for s in plan] == ["data", "gan_source", "gan_target", "encoder_source", "encoder_target",
-                                      "eval_encoders", "cartoonize", "fid", "probe", "report"]
+                                      "eval_encoders", "cartoonize", "fid", "probe", "bundle", "report"]
     for stage in plan:
         for cmd in stage.commands:
             mod = importlib.import_module(cmd[0])
@@ -282,6 +283,9 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     assert linked == [f"sheets/{n}.png" for n in ("data", "gan_source", "gan_target", "encoder_source",
                                                   "encoder_target", "cartoons_character0")]
     assert all((out / f).is_file() for f in linked)
+    served = f"python -m launch.serve --bundle {out / 'demo.bundle'} --examples {out / 'data' / 'photos' / 'test'}"
+    assert served in log  # the last lines name the page's command
+    assert Cartoonizer.load(out / "demo.bundle").characters == ["character0"]
 
 
 @pytest.mark.slow
