@@ -9,12 +9,14 @@ strings, numbers and tensors, read with ``weights_only`` and the project's
 allow-list (``safe_pickle.torch_load``), so a foreign pickle is refused without
 running anything:
 
-- ``format`` "toonmix.bundle", ``version`` 1
+- ``format`` "toonmix.bundle", ``version`` 2 (version 1 files are read too)
 - ``g_source``, ``g_target``: the two generators in the native checkpoint
   layout (``trainer.model_io.formats.native_dict``); ``swap_res``: G_swap's
   swap resolution
 - ``encoder_source`` (photos), ``encoder_target`` (characters, or None): ReStyle
-  dicts (``trainer.encoder.formats.restyle_dict``)
+  dicts (``trainer.encoder.formats.restyle_dict``); when an encoder's decoder is
+  the bundled source generator or G_swap, its ``decoder.*`` weights are left out
+  and ``decoder_in_bundle`` says "g_source" or "g_swap"
 - ``settings``: ``mix_index``, ``trgb_replace``, ``noise_seed``, ``iters``
 - ``lut``: the look-up table of the chosen characters, in ``LookUpTable``'s
   own file layout (its fingerprint must be the bundled G_swap's)
@@ -59,7 +61,9 @@ from .cdsm import (
 )
 
 BUNDLE_FORMAT = "toonmix.bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+READS = (1, 2)
+"""Versions this code reads: 1 kept each encoder's decoder weights, 2 may name a bundled generator instead."""
 REQUIRED = ("g_source", "g_target", "swap_res", "encoder_source", "settings", "lut")
 METHODS = ("cdsm", "toonify", "wplus")
 
@@ -109,15 +113,33 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, encoder_dicts: dict[st
     if encoder_dicts.get("source") is None:
         raise BundleError(f"{path}: no source (photo) encoder to pack")
     refs = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8)) for n, a in bundle.references.items()}
+    enc_t = encoder_dicts.get("target")
     payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
                "g_source": native_dict(g_ema=bundle.g_source), "g_target": native_dict(g_ema=bundle.g_target),
                "swap_res": int(bundle.mix.swap_resolution),
-               "encoder_source": encoder_dicts["source"], "encoder_target": encoder_dicts.get("target"),
+               "encoder_source": _shared_decoder(encoder_dicts["source"], bundle.g_source, "g_source"),
+               "encoder_target": None if enc_t is None else _shared_decoder(enc_t, bundle.G_swap, "g_swap"),
                "settings": {"mix_index": int(bundle.mix.m), "trgb_replace": bool(bundle.mix.trgb_from_character),
                             "noise_seed": int(bundle.mix.noise_seed), "iters": int(bundle.iters)},
                "lut": bundle.table.payload(), "references": refs,
                "sources": {k: str(v) for k, v in bundle.sources.items()}}
     return torch_save_atomic(payload, path)
+
+
+def _shared_decoder(obj: dict, G: Generator, name: str) -> dict:
+    """``obj`` without its decoder weights when they are ``G``'s, which the bundle holds already
+    (``decoder_in_bundle`` names it): at 1024 px that saves two copies of a generator."""
+    dec = {k[len("decoder."):]: v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
+    own = {k: v for k, v in G.state_dict().items() if k != "w_avg"}
+    cfg, mine = dict(obj["opts"].get("toonmix_decoder") or {}), G.cfg.to_dict()
+    for k in ("channel_multiplier", "channel_max"):  # two spellings of the channel counts the shapes fix
+        cfg.pop(k, None), mine.pop(k, None)
+    same = (cfg == mine and dec.keys() == own.keys()
+            and all(dec[k].shape == own[k].shape and torch.equal(dec[k].cpu(), own[k].cpu()) for k in own))
+    if not same:
+        return obj
+    sd = {k: v for k, v in obj["state_dict"].items() if not k.startswith("decoder.")}
+    return {**obj, "state_dict": sd, "decoder_in_bundle": name}
 
 
 # ----------------------------------------------------------------------
@@ -127,12 +149,17 @@ def _generator(obj: dict, where: str) -> Generator:
     return build_generator(obj["g_ema"], GeneratorConfig(**obj["g_config"]), where)
 
 
-def _restyle(obj: dict, where: str) -> ReStyle:
+def _restyle(obj: dict, where: str, generators: dict[str, Generator]) -> ReStyle:
     """A ReStyle net from ``restyle_dict``'s layout, built as ``load_restyle`` builds a file's
-    (that reader takes a path and belongs to a layer this one may not import)."""
+    (that reader takes a path and belongs to a layer this one may not import); the decoder's
+    weights come from ``generators[obj["decoder_in_bundle"]]`` when the file left them out."""
     opts, sd, latent_avg = dict(obj["opts"]), obj["state_dict"], obj["latent_avg"]
     enc_sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
-    dec_sd = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
+    shared = obj.get("decoder_in_bundle")
+    if shared is not None and shared not in generators:
+        raise BundleError(f"{where}: its decoder is {shared!r}, which is not a part of this bundle")
+    dec_sd = ({k: v for k, v in generators[shared].state_dict().items() if k != "w_avg"} if shared is not None
+              else {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
     enc = Encoder(EncoderConfig(**opts["toonmix_encoder"]))
     load_into(enc, enc_sd, "the encoder", where)
     G = build_generator(dec_sd, generator_config(dec_sd, **(opts.get("toonmix_decoder") or {})),
@@ -161,8 +188,8 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     if isinstance(version, int) and version > BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle version {version} is newer than this code reads (version "
                           f"{BUNDLE_VERSION}): update toonmix")
-    if version != BUNDLE_VERSION:
-        raise BundleError(f"{path}: unknown bundle version {version!r} (this code reads version {BUNDLE_VERSION})")
+    if version not in READS:
+        raise BundleError(f"{path}: unknown bundle version {version!r} (this code reads versions {READS})")
     missing = [k for k in REQUIRED if obj.get(k) is None]
     if missing:
         raise BundleError(f"{path}: missing part(s): {', '.join(missing)}")
@@ -171,13 +198,15 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
                                                     int(obj["swap_res"]), int(s["noise_seed"])))
     g_s = _part(path, "g_source", lambda: _generator(obj["g_source"], f"{path} [g_source]"))
     g_t = _part(path, "g_target", lambda: _generator(obj["g_target"], f"{path} [g_target]"))
-    enc_s = _part(path, "encoder_source", lambda: _restyle(obj["encoder_source"], f"{path} [encoder_source]"))
+    gens = {"g_source": g_s, "g_swap": _part(path, "swap_res", lambda: g_swap(g_s, g_t, mix.swap_resolution))}
+    enc_s = _part(path, "encoder_source",
+                  lambda: _restyle(obj["encoder_source"], f"{path} [encoder_source]", gens))
     enc_t = None if obj.get("encoder_target") is None else _part(
-        path, "encoder_target", lambda: _restyle(obj["encoder_target"], f"{path} [encoder_target]"))
+        path, "encoder_target", lambda: _restyle(obj["encoder_target"], f"{path} [encoder_target]", gens))
     table = _part(path, "lut", lambda: LookUpTable.from_payload(obj["lut"], f"{path} [lut]"))
     refs = _part(path, "references", lambda: _references(obj.get("references") or {}, table))
-    b = _part(path, "G_swap", lambda: Bundle(g_s, g_t, mix, enc_s, table, enc_t, int(s["iters"]), refs,
-                                             dict(obj.get("sources") or {})))
+    b = Bundle(g_s, g_t, mix, enc_s, table, enc_t, int(s["iters"]), refs, dict(obj.get("sources") or {}),
+               gens["g_swap"])
     fp = generator_fingerprint(b.G_swap)
     if table.fingerprint != fp:
         raise BundleError(f"{path}: the look-up table's generator fingerprint {table.fingerprint} does not match "

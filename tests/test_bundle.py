@@ -103,10 +103,29 @@ def _refusal(payload: dict, tmp_path: Path, change) -> tuple[str, Path]:
 
 def test_a_missing_part_a_newer_version_and_another_format_are_named(payload, tmp_path):
     for change, message in ((lambda o: o.pop("encoder_source"), "missing part(s): encoder_source"),
-                            (lambda o: o.update(version=2), "bundle version 2 is newer than this code reads (version 1)"),
+                            (lambda o: o.update(version=3), "bundle version 3 is newer than this code reads (version 2)"),
                             (lambda o: o.update(format="something.else"), "is not a toonmix bundle")):
         said, path = _refusal(payload, tmp_path, change)
         assert message in said and str(path) in said
+
+
+def test_the_encoders_name_their_bundled_decoder_and_version_1_files_still_read(packed, payload, tmp_path):
+    toon = packed["toon"]
+    for key, name in (("encoder_source", "g_source"), ("encoder_target", "g_swap")):
+        assert payload[key]["decoder_in_bundle"] == name
+        assert not [k for k in payload[key]["state_dict"] if k.startswith("decoder.")]  # no second copy
+    assert payload["version"] == 2
+    # Version 1 kept each encoder's decoder weights in its dict: read as before, the same cartoons.
+    old = copy.deepcopy(payload)
+    old["version"] = 1
+    for key, G in (("encoder_source", toon.bundle.g_source), ("encoder_target", toon.bundle.G_swap)):
+        del old[key]["decoder_in_bundle"]
+        old[key]["state_dict"].update({f"decoder.{k}": v for k, v in G.state_dict().items() if k != "w_avg"})
+    torch.save(old, tmp_path / "v1.bundle")
+    v1 = Cartoonizer.load(tmp_path / "v1.bundle")
+    assert np.array_equal(v1.cartoonize(packed["photos"], "hero"), toon.cartoonize(packed["photos"], "hero"))
+    said, path = _refusal(payload, tmp_path, lambda o: o["encoder_source"].update(decoder_in_bundle="g_other"))
+    assert "its decoder is 'g_other', which is not a part of this bundle" in said and str(path) in said
 
 
 def test_a_part_that_does_not_build_and_a_table_of_another_g_swap_are_named(payload, tmp_path):
