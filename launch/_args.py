@@ -70,6 +70,38 @@ def load_generator(args: argparse.Namespace, device):
     return G.to(device).eval()
 
 
+def add_video_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--video (``what`` it shows) and --video-format, shared by the commands that write videos."""
+    p.add_argument("--video", action="store_true", help=f"also write <stem>.mp4 (or .gif) of {what}")
+    p.add_argument("--video-format", choices=("mp4", "gif"), default="mp4",
+                   help="mp4: H.264 through imageio-ffmpeg (GIF when it is not installed); gif")
+
+
+def latents_from(G, seeds: list[int], files: list[str] | None, truncation: float, device):
+    """W+ [N, n_latent, D]: the W/W+ latents in ``files`` (launch.project's .npz, an .npy)
+    when given, else ``seeds`` mapped and truncated to ``truncation``; ValueError names a bad file."""
+    import numpy as np
+    import torch
+
+    if files:
+        ws = []
+        for f in files:
+            try:
+                a = np.load(f)
+                a = a["w"] if isinstance(a, np.lib.npyio.NpzFile) else a
+            except (OSError, ValueError, KeyError) as e:
+                raise ValueError(f"{f}: cannot read a latent ({type(e).__name__}: {e})") from None
+            a = torch.from_numpy(np.asarray(a, dtype=np.float32))
+            a = a.reshape(-1, *a.shape[-2:]) if a.ndim >= 2 and a.shape[-2] == G.n_latent else a.reshape(-1, a.shape[-1])
+            if a.shape[-1] != G.style_dim:
+                raise ValueError(f"{f}: latents of width {a.shape[-1]}, the generator's W has {G.style_dim}")
+            ws.append(a if a.ndim == 3 else G.broadcast(a))
+        return torch.cat(ws).to(device)
+    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.style_dim) for s in seeds])).float()
+    with torch.no_grad():
+        return G.truncate(G.broadcast(G.mapping(z.to(device))), truncation)
+
+
 CDSM_HELP = {
     "g-source": "the FFHQ (source) generator checkpoint",
     "g-target": "the fine-tuned (target) generator checkpoint",

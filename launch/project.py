@@ -15,8 +15,9 @@ the rest from --g-target), as CDSM inverts its references.
 Writes to --out, per image <stem>: <stem>.npz (w: the W+ latent [n_latent,
 style_dim]; noise_<i>: the optimised noise maps; loss: the objective per
 step), <stem>.png (the projection), sheets/<stem>.png (target beside
-projection), and with --video <stem>.gif (target beside the projection every
---video-every steps); then report.json (final objective and L2 per image, and
+projection), and with --video <stem>.mp4 (target beside the projection every
+--video-every steps; H.264 through imageio-ffmpeg, --video-format gif or a
+missing imageio-ffmpeg: <stem>.gif); then report.json (final objective and L2 per image, and
 the files that were refused). Ranks take whole batches; each batch's random
 draws are seeded by --seed and its position, so results do not depend on the
 number of ranks.
@@ -30,7 +31,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from launch._args import add_generator_args, add_lpips_args, load_generator
+from launch._args import add_generator_args, add_lpips_args, add_video_args, load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seeds every random draw (with the batch position)")
     p.add_argument("--size", type=int, default=None, help="project at this side (default: the generator's)")
     p.add_argument("--min-side", type=int, default=64, help="smallest accepted image side in pixels")
-    p.add_argument("--video", action="store_true", help="also write <stem>.gif of the optimisation")
+    add_video_args(p, "the optimisation (the target beside the projection)")
     p.add_argument("--video-every", type=int, default=10, help="steps between video frames")
     add_lpips_args(p, default_net="vgg")
     return p
@@ -89,13 +90,12 @@ def _frames(targets, every: bool):
     return (add if every else None), frames
 
 
-def save_outputs(out: Path, stem: str, target, res, k: int, frames: list) -> dict:
+def save_outputs(out: Path, stem: str, target, res, k: int, frames: list, video_format: str = "mp4") -> dict:
     """Writes one image's files; returns its report entry."""
     import numpy as np
     import torch
-    from PIL import Image
 
-    from datasets.imageio import save_png, to_uint8
+    from datasets.imageio import save_png, save_video, to_uint8
 
     losses = np.asarray(res.losses, dtype=np.float64)  # the batch mean per step (the images share the steps)
     arrays = {"w": res.latents[k].cpu().numpy(), "loss": losses,
@@ -107,8 +107,7 @@ def save_outputs(out: Path, stem: str, target, res, k: int, frames: list) -> dic
     save_png(to_uint8(res.images[k:k + 1].cpu())[0], out / f"{stem}.png")
     save_png(to_uint8(torch.cat([target[None], res.images[k:k + 1].cpu()], dim=3))[0], out / "sheets" / f"{stem}.png")
     if frames:
-        pics = [Image.fromarray(f) for f in frames]
-        pics[0].save(out / f"{stem}.gif", save_all=True, append_images=pics[1:], duration=100, loop=0)
+        save_video(frames, out / stem, fps=10, fmt=video_format)
     l2 = float((res.images[k].cpu() - target).square().mean())
     return {"stem": stem, "l2": l2, "final_loss": float(losses[-1])}
 
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace, dist) -> dict:
         res = project(G, b.images, lpips, replace(cfg, seed=args.seed + index[0] // args.batch),
                       snapshot=snap, snapshot_every=args.video_every)
         for k, i in enumerate(b.index):
-            entries.append(save_outputs(out, files[i].stem, b.images[k], res, k, frames[k]))
+            entries.append(save_outputs(out, files[i].stem, b.images[k], res, k, frames[k], args.video_format))
     gathered = dist.gather_objects((entries, refused))
     if not dist.is_main:
         return {}

@@ -10,8 +10,8 @@ weights of the conv layers driven by --layers; tRGB with --trgb) and their
 eigenvalues to --factors. --apply renders, for each latent (from --seeds, or
 W/W+ latents from --latents: launch.project's .npz files or an .npy) and each
 direction in --index, a row of images moved from -degree to +degree in
---steps steps; --video also writes a GIF sweeping the degree over the whole
-grid. With --g-target the generator is G_swap (--ckpt below --swap-res,
+--steps steps; --video also writes an MP4 (H.264 through imageio-ffmpeg; a GIF
+with --video-format gif or without it) sweeping the degree over the whole grid. With --g-target the generator is G_swap (--ckpt below --swap-res,
 --g-target above), so source, target and swapped generators are handled alike.
 Rosinality's factor files (eigvec) are read too.
 """
@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from launch._args import add_generator_args, int_list, load_generator
+from launch._args import add_generator_args, add_video_args, int_list, latents_from, load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,34 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--latents", nargs="+", default=None, help="--apply: .npz from launch.project or .npy W/W+")
     p.add_argument("--truncation", type=float, default=0.7, help="--apply: truncation psi for --seeds")
     p.add_argument("--out", default=None, help="--apply: grid PNG (default: <factors>.png)")
-    p.add_argument("--video", action="store_true", help="--apply: also <out>.gif sweeping the degree")
+    add_video_args(p, "--apply's sweep of the degree (<out> with .mp4 or .gif)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     return p
 
 
 def start_latents(args: argparse.Namespace, G):
     """W+ [N, n_latent, D] to move: mapped seeds (truncated) or given latents."""
-    import numpy as np
-    import torch
-
-    if args.latents:
-        ws = []
-        for f in args.latents:
-            try:
-                a = np.load(f)
-                a = a["w"] if isinstance(a, np.lib.npyio.NpzFile) else a
-            except (OSError, ValueError, KeyError) as e:
-                raise ValueError(f"{f}: cannot read a latent ({type(e).__name__}: {e})") from None
-            a = torch.from_numpy(np.asarray(a, dtype=np.float32))
-            a = a.reshape(-1, *a.shape[-2:]) if a.ndim >= 2 and a.shape[-2] == G.n_latent else a.reshape(-1, a.shape[-1])
-            if a.shape[-1] != G.style_dim:
-                raise ValueError(f"{f}: latents of width {a.shape[-1]}, the generator's W has {G.style_dim}")
-            ws.append(a if a.ndim == 3 else G.broadcast(a))
-        return torch.cat(ws).to(args.device)
-    seeds = args.seeds or [0, 1, 2, 3]
-    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.style_dim) for s in seeds])).float()
-    with torch.no_grad():
-        return G.truncate(G.broadcast(G.mapping(z.to(args.device))), args.truncation)
+    return latents_from(G, args.seeds or [0, 1, 2, 3], args.latents, args.truncation, args.device)
 
 
 def render_grid(G, factors, ws, args: argparse.Namespace):
@@ -90,17 +70,21 @@ def render_grid(G, factors, ws, args: argparse.Namespace):
     return rows, degrees
 
 
-def write_outputs(rows, out: Path, video: bool) -> None:
+def write_outputs(rows, out: Path, video: bool, video_format: str = "mp4") -> Path | None:
+    """The grid PNG, and with ``video`` the sweep (returns the video's path)."""
     import numpy as np
     from PIL import Image
+
+    from datasets.imageio import save_video
 
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
     Image.fromarray(grid).save(out)
     if video:  # frame t: every row's t-th image, stacked
-        frames = [Image.fromarray(np.concatenate([r[t] for r in rows], axis=0)) for t in range(len(rows[0]))]
+        frames = [np.concatenate([r[t] for r in rows], axis=0) for t in range(len(rows[0]))]
         frames = frames + frames[-2:0:-1]  # there and back
-        frames[0].save(out.with_suffix(".gif"), save_all=True, append_images=frames[1:], duration=120, loop=0)
+        return save_video(frames, out.with_suffix(""), fps=8, fmt=video_format)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out or Path(args.factors).with_suffix(".png"))
-    write_outputs(rows, out, args.video)
-    print(json.dumps({"grid": str(out), "rows": len(rows), "degrees": degrees}))
+    video = write_outputs(rows, out, args.video, args.video_format)
+    print(json.dumps({"grid": str(out), "rows": len(rows), "degrees": degrees, "video": video and str(video)}))
     return 0
 
 

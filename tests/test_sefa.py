@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -84,8 +85,15 @@ def test_command_factorizes_renders_a_grid_and_a_video(ckpts, tmp_path, capsys):
     assert grid.shape == (3 * 2 * 16, 5 * 16, 3)
     cols = grid.reshape(6, 16, 5, 16, 3)
     assert (cols[:, :, 0] != cols[:, :, 4]).any()  # -degree and +degree differ
-    with Image.open(fac.with_suffix(".gif")) as gif:
-        assert gif.n_frames == 8 and gif.size == (16, 6 * 16)  # 5 degrees there, 3 back
+    video = json.loads(capsys.readouterr().out)["video"]
+    frames = imageio_ffmpeg.read_frames(video)
+    meta = next(frames)
+    assert video == str(fac.with_suffix(".mp4")) and meta["codec"] == "h264"
+    assert sum(1 for _ in frames) == 8 and meta["size"] == (16, 6 * 16)  # 5 degrees there, 3 back
+    assert cli.main(["--ckpt", ckpts[0], "--factors", str(fac), "--apply", "--index", "0", "--steps", "3",
+                     "--seeds", "1", "--video", "--video-format", "gif", "--out", str(tmp_path / "g.png")]) == 0
+    with Image.open(tmp_path / "g.gif") as gif:
+        assert gif.n_frames == 4 and gif.size == (16, 16)  # 3 degrees there, 1 back
 
 
 def test_rosinality_factor_files_and_projected_latents_are_read(ckpts, tmp_path):
