@@ -165,3 +165,21 @@ def test_two_ranks_give_the_one_rank_edits(files, tmp_path, monkeypatch):
     assert np.abs(a["per_latent"]).max() > 1e-3 and np.allclose(a["per_latent"], b["per_latent"], atol=1e-5)
     sheets = [np.asarray(Image.open(d / "sheet.png")).astype(int) for d in (one, two)]
     assert np.abs(sheets[0] - sheets[1]).max() <= 1
+
+
+def test_a_character_of_the_look_up_table_is_edited_in_g_swap(packed, files, tmp_path, monkeypatch, capsys):
+    from eval.cdsm import LookUpTable
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    argv = ["--ckpt", packed["g_src"], "--g-target", packed["g_tgt"], "--swap-res", "32", "--clip",
+            str(files["clip"]), "--prompt", "blue hair", "--lut", str(packed["six"] / "lut.pt"), "--steps", "2",
+            "--strengths", "0,1", "--out", str(tmp_path / "hero")]
+    assert cli.main([*argv, "--character", "hero"]) == 0
+    report = json.loads((tmp_path / "hero" / "report.json").read_text())
+    assert [r["name"] for r in report["latents"]] == ["character hero"]
+    w0 = np.load(tmp_path / "hero" / "direction.npz")["w0"]
+    assert np.array_equal(w0[0], LookUpTable.load(packed["six"] / "lut.pt").get("hero").latent.numpy())
+    assert cli.main([*argv, "--character", "villain"]) == 2
+    assert "villain" in capsys.readouterr().err
+    assert cli.main([*argv[:2], *argv[6:], "--character", "hero"]) == 2  # the source G alone: not the table's
+    assert "built for another generator" in capsys.readouterr().err
