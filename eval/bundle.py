@@ -113,12 +113,14 @@ def write_bundle(path: str | os.PathLike, bundle: Bundle, encoder_dicts: dict[st
     if encoder_dicts.get("source") is None:
         raise BundleError(f"{path}: no source (photo) encoder to pack")
     refs = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8)) for n, a in bundle.references.items()}
-    enc_t = encoder_dicts.get("target")
-    payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+    enc_s, enc_t = encoder_dicts["source"], encoder_dicts.get("target")
+    enc_s = _shared_decoder(enc_s, bundle.g_source, "g_source")
+    enc_t = None if enc_t is None else _shared_decoder(enc_t, bundle.G_swap, "g_swap")
+    shared = any(e is not None and "decoder_in_bundle" in e for e in (enc_s, enc_t))
+    payload = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION if shared else 1,  # 1: older readers read it
                "g_source": native_dict(g_ema=bundle.g_source), "g_target": native_dict(g_ema=bundle.g_target),
                "swap_res": int(bundle.mix.swap_resolution),
-               "encoder_source": _shared_decoder(encoder_dicts["source"], bundle.g_source, "g_source"),
-               "encoder_target": None if enc_t is None else _shared_decoder(enc_t, bundle.G_swap, "g_swap"),
+               "encoder_source": enc_s, "encoder_target": enc_t,
                "settings": {"mix_index": int(bundle.mix.m), "trgb_replace": bool(bundle.mix.trgb_from_character),
                             "noise_seed": int(bundle.mix.noise_seed), "iters": int(bundle.iters)},
                "lut": bundle.table.payload(), "references": refs,
@@ -198,15 +200,16 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
                                                     int(obj["swap_res"]), int(s["noise_seed"])))
     g_s = _part(path, "g_source", lambda: _generator(obj["g_source"], f"{path} [g_source]"))
     g_t = _part(path, "g_target", lambda: _generator(obj["g_target"], f"{path} [g_target]"))
-    gens = {"g_source": g_s, "g_swap": _part(path, "swap_res", lambda: g_swap(g_s, g_t, mix.swap_resolution))}
+    gens = {"g_source": g_s, "g_swap": _part(path, "G_swap", lambda: g_swap(g_s, g_t, mix.swap_resolution))}
     enc_s = _part(path, "encoder_source",
                   lambda: _restyle(obj["encoder_source"], f"{path} [encoder_source]", gens))
     enc_t = None if obj.get("encoder_target") is None else _part(
         path, "encoder_target", lambda: _restyle(obj["encoder_target"], f"{path} [encoder_target]", gens))
     table = _part(path, "lut", lambda: LookUpTable.from_payload(obj["lut"], f"{path} [lut]"))
     refs = _part(path, "references", lambda: _references(obj.get("references") or {}, table))
-    b = Bundle(g_s, g_t, mix, enc_s, table, enc_t, int(s["iters"]), refs, dict(obj.get("sources") or {}),
-               gens["g_swap"])
+    iters = _part(path, "settings", lambda: int(s["iters"]))
+    sources = _part(path, "sources", lambda: {str(k): str(v) for k, v in (obj.get("sources") or {}).items()})
+    b = Bundle(g_s, g_t, mix, enc_s, table, enc_t, iters, refs, sources, gens["g_swap"])
     fp = generator_fingerprint(b.G_swap)
     if table.fingerprint != fp:
         raise BundleError(f"{path}: the look-up table's generator fingerprint {table.fingerprint} does not match "

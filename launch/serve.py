@@ -20,20 +20,24 @@ already wait (one is computed at a time, so memory stays bounded).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
 import ipaddress
 import sys
-import threading
+import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import traceback
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -61,48 +65,77 @@ class Limits:
 
 
 class Gate:
-    """One job at a time and at most ``waiting`` more in line; the rest are refused at once."""
+    """Admission and turns for the one job computed at a time, on the event loop.
+
+    ``admit`` counts a request in before its body is read and refuses it (503) when
+    ``waiting`` requests already wait besides the one running; ``turn`` then lets one
+    admitted request compute at a time, in arrival order, while the others wait on the
+    event loop (not in worker threads). One thread runs the loop, so the count needs no lock."""
 
     def __init__(self, waiting: int):
-        self._run = threading.Lock()
-        self._count = threading.Lock()
-        self._inside = 0
         self.capacity = waiting + 1
+        self.inside = 0
+        self._run = asyncio.Lock()
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        with self._count:
-            if self._inside >= self.capacity:
-                raise RequestError(503, f"the server is busy ({self._inside} requests in line); try again shortly")
-            self._inside += 1
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        if self.inside >= self.capacity:
+            raise RequestError(503, f"the server is busy ({self.inside} requests in line); try again shortly")
+        self.inside += 1
         try:
-            with self._run:
-                yield
+            yield
         finally:
-            with self._count:
-                self._inside -= 1
+            self.inside -= 1
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        async with self._run:
+            yield
 
 
 # ----------------------------------------------------------------------
 # Images in and out.
+
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+"""The decoders uploads may reach (not EPS, which runs Ghostscript, nor the rarer decoders)."""
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB as a browser shows ``im``: transparency over white, 16-bit grey scaled down."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return Image.fromarray((np.asarray(im, np.uint32) // 257).astype(np.uint8)).convert("RGB")
+    if im.mode in ("I", "F"):
+        raise RequestError(400, f"{im.mode!r} images (32-bit integer or float) are not read: save the photo "
+                                "as an 8-bit PNG or JPEG")
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        white.alpha_composite(im)
+        return white.convert("RGB")
+    return im.convert("RGB")
+
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """An uploaded file as an upright RGB image, or a ``RequestError`` saying what is wrong with it."""
     if not data:
         raise RequestError(400, "the upload is empty: choose a photo file")
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"the image is too large to decode safely ({e})") from e
     except UnidentifiedImageError as e:
-        raise RequestError(400, "the file is not an image this server reads (PNG, JPEG, WebP, BMP, GIF, TIFF)") from e
+        raise RequestError(400, f"the file is not an image this server reads ({', '.join(FORMATS)})") from e
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:  # a header cut short
+        raise RequestError(400, f"the image file is damaged or truncated and cannot be decoded ({e})") from e
     if im.width * im.height > max_pixels:
         raise RequestError(413, f"the image is {im.width}x{im.height} pixels; this server takes at most "
                                 f"{max_pixels / 1e6:g} megapixels: downscale it first")
     try:
         im.load()
-        return ImageOps.exif_transpose(im).convert("RGB")  # upright as the browser shows it
-    except (OSError, ValueError, SyntaxError) as e:
+        return _rgb(ImageOps.exif_transpose(im))  # upright as the browser shows it
+    except RequestError:
+        raise
+    except Exception as e:  # any decoder failure on a damaged file is the file's, not the server's
         raise RequestError(400, f"the image file is damaged or truncated and cannot be decoded ({e})") from e
 
 
@@ -137,8 +170,18 @@ class Studio:
     """The loaded bundle, the example photos and what one request computes."""
 
     def __init__(self, toon, examples: list[Path], limits: Limits, title: str):
-        self.toon, self.examples, self.limits, self.title = toon, examples, limits, title
+        self.toon, self.limits, self.title = toon, limits, title
         self.gate = Gate(limits.queue)
+        self.examples: list[tuple[Image.Image, bytes]] = []  # decoded once: the page and requests reuse them
+        for path in examples:
+            try:
+                im = decode_image(path.read_bytes(), limits.max_pixels)
+            except (OSError, RequestError) as e:
+                print(f"[serve] example {path} skipped: {e}", flush=True)
+                continue
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            self.examples.append((im, buf.getvalue()))
 
     def info(self) -> dict:
         S = self.toon.G.size
@@ -153,30 +196,30 @@ class Studio:
             raise RequestError(404, f"no character {name!r}; this bundle holds: {', '.join(self.toon.characters)}")
         return name
 
-    def example_bytes(self, i: int) -> bytes:
+    def example(self, i: int) -> tuple[Image.Image, bytes]:
         if not 0 <= i < len(self.examples):
             raise RequestError(404, f"no example {i} (there are {len(self.examples)})")
-        return self.examples[i].read_bytes()
+        return self.examples[i]
 
-    def cartoonize(self, data: bytes, character: str, x: int | None, y: int | None, size: int | None) -> dict:
-        """Decode, crop, invert and mix one photo under the gate: the page's JSON answer."""
-        self.character(character)
-        with self.gate.slot():
-            t0 = time.time()
-            crop, box = square_crop(decode_image(data, self.limits.max_pixels), x, y, size)
-            out = self.toon.compare(crop, character)
-            S = self.toon.G.size
-            cells = {"photo": np.asarray(crop.resize((S, S), Image.Resampling.LANCZOS)),
-                     **{k: out[k][0] for k in ROW[1:]}}
-            notes = []
-            if box[2] < self.toon.size:
-                notes.append(f"the crop is {box[2]} px, smaller than the model's {self.toon.size} px input: "
-                             f"it was enlarged, so expect a blurred result")
-            seconds = time.time() - t0
-            print(f"[serve] {character}: crop {box} of a {len(data)} byte upload in {seconds:.2f} s", flush=True)
-            return {"character": character, "crop": list(box), "size": S, "seconds": round(seconds, 3),
-                    "notes": notes, "images": {k: png_data_url(v) for k, v in cells.items()},
-                    "sheet": png_data_url(result_row(cells, max(S, 256)))}
+    def cartoonize(self, source: bytes | Image.Image, character: str, x: int | None, y: int | None,
+                   size: int | None) -> dict:
+        """Decode, crop, invert and mix one photo (upload bytes or a decoded example): the page's answer."""
+        t0 = time.time()
+        im = source if isinstance(source, Image.Image) else decode_image(source, self.limits.max_pixels)
+        crop, box = square_crop(im, x, y, size)
+        out = self.toon.compare(crop, self.character(character))
+        S = self.toon.G.size
+        cells = {"photo": np.asarray(crop.resize((S, S), Image.Resampling.LANCZOS)),
+                 **{k: out[k][0] for k in ROW[1:]}}
+        notes = []
+        if box[2] < self.toon.size:
+            notes.append(f"the crop is {box[2]} px, smaller than the model's {self.toon.size} px input: "
+                         f"it was enlarged, so expect a blurred result")
+        seconds = time.time() - t0
+        print(f"[serve] {character}: crop {box} of a {im.width}x{im.height} photo in {seconds:.2f} s", flush=True)
+        return {"character": character, "crop": list(box), "size": S, "seconds": round(seconds, 3),
+                "notes": notes, "images": {k: png_data_url(v) for k, v in cells.items()},
+                "sheet": png_data_url(result_row(cells, max(S, 256)))}
 
 
 # ----------------------------------------------------------------------
@@ -201,9 +244,20 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_app(studio: Studio) -> FastAPI:
-    """The FastAPI app serving ``studio`` (blocking work runs in the thread pool, behind the gate)."""
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost"]
+"""Host headers a server on 127.0.0.1 or localhost answers (any other: a DNS-rebinding page, refused)."""
+
+
+def build_app(studio: Studio, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The FastAPI app serving ``studio``; ``allowed_hosts``: the Host headers it answers (None: any)."""
     app = FastAPI(title="toonmix cartoonizer", docs_url=None, redoc_url=None, openapi_url=None)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        said = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request parameters ({said})"}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -228,22 +282,26 @@ def build_app(studio: Studio) -> FastAPI:
     @app.get("/api/example/{i}.png")
     def example(i: int):
         try:
-            im = decode_image(studio.example_bytes(i), studio.limits.max_pixels)
+            return Response(studio.example(i)[1], media_type="image/png")
         except RequestError as e:
             return _error(e)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        return Response(buf.getvalue(), media_type="image/png")
 
     @app.post("/api/cartoonize")
     async def cartoonize(request: Request, character: str, x: int | None = None, y: int | None = None,
                          size: int | None = None, example: int | None = None):
         try:
-            data = (studio.example_bytes(example) if example is not None
-                    else await _body(request, studio.limits.max_upload_bytes))
-            return JSONResponse(await run_in_threadpool(studio.cartoonize, data, character, x, y, size))
+            studio.character(character)
+            async with studio.gate.admit():  # before the body is read: a busy server reads no more uploads
+                source = studio.example(example)[0] if example is not None else \
+                    await _body(request, studio.limits.max_upload_bytes)
+                async with studio.gate.turn():
+                    return JSONResponse(await run_in_threadpool(studio.cartoonize, source, character, x, y, size))
         except RequestError as e:
             return _error(e)
+        except Exception as e:  # the server keeps serving; the log keeps the traceback
+            traceback.print_exc()
+            return JSONResponse({"error": f"the server failed on this request ({type(e).__name__}: {e}); "
+                                          "its log has the details"}, status_code=500)
 
     return app
 
@@ -260,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MB")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image accepted, in megapixels")
     p.add_argument("--queue", type=int, default=4, help="requests that may wait while one is computed")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (each request is logged at info)")
     return p
 
 
@@ -294,8 +354,9 @@ def make_server(args: argparse.Namespace):
     studio = Studio(toon, examples, limits, Path(args.bundle).name)
     if not _loopback(args.host):
         print(f"[serve] listening on {args.host}: anyone who can reach this machine can use the page", flush=True)
-    return uvicorn.Server(uvicorn.Config(build_app(studio), host=args.host, port=args.port, log_level="info",
-                                         limit_concurrency=64 + args.queue))
+    hosts = LOOPBACK_HOSTS if args.host in LOOPBACK_HOSTS else None
+    return uvicorn.Server(uvicorn.Config(build_app(studio, hosts), host=args.host, port=args.port,
+                                         log_level=args.log_level, limit_concurrency=64 + args.queue))
 
 
 def main(argv: list[str] | None = None) -> int:

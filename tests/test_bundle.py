@@ -124,6 +124,14 @@ def test_the_encoders_name_their_bundled_decoder_and_version_1_files_still_read(
     torch.save(old, tmp_path / "v1.bundle")
     v1 = Cartoonizer.load(tmp_path / "v1.bundle")
     assert np.array_equal(v1.cartoonize(packed["photos"], "hero"), toon.cartoonize(packed["photos"], "hero"))
+    # A decoder that is not the bundled generator (another G, a fine-tuned copy) stays in the file.
+    from eval.bundle import _shared_decoder
+
+    other = copy.deepcopy(old["encoder_source"])
+    other["state_dict"]["decoder.conv1.conv.weight"] += 0.01
+    kept = _shared_decoder(other, toon.bundle.g_source, "g_source")
+    assert "decoder_in_bundle" not in kept and torch.equal(kept["state_dict"]["decoder.conv1.conv.weight"],
+                                                             other["state_dict"]["decoder.conv1.conv.weight"])
     said, path = _refusal(payload, tmp_path, lambda o: o["encoder_source"].update(decoder_in_bundle="g_other"))
     assert "its decoder is 'g_other', which is not a part of this bundle" in said and str(path) in said
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import io
@@ -35,9 +36,8 @@ def server(packed, tmp_path_factory):
     shutil.copy(packed["clean"] / "p0.png", examples / "a.png")
     args = serve.build_parser().parse_args([
         "--bundle", str(packed["bundle"]), "--port", str(_free_port()), "--examples", str(examples),
-        "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", "1"])
+        "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-megapixels", "1", "--log-level", "warning"])
     srv = serve.make_server(args)
-    srv.config.log_level = "warning"
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -97,12 +97,21 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(server, packed):
     assert len(oversized) > MAX_UPLOAD_MB * 2**20
     cases = [(b"%PDF-1.4 not a picture", 400, "not an image"),
              (good[: len(good) // 2], 400, "damaged or truncated"),
+             (good[:20], 400, "damaged or truncated"),  # the header itself cut short
+             (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", 400, "not an image"),  # EPS: never decoded
+             (_png_bytes(Image.new("I;16", (72, 72))), 200, None),
+             (_png_bytes(Image.new("RGBA", (72, 72), (0, 0, 0, 0))), 200, None),
              (oversized, 413, "at most 0.05 MB"),
              (_png_bytes(Image.new("RGB", (1200, 1000))), 413, "at most 1 megapixels"),
              (b"", 400, "the upload is empty")]
     for body, status, message in cases:
         code, got = _post(server, body, character="hero")
-        assert code == status and message in got["error"], (status, got)
+        assert code == status and (message is None or message in got["error"]), (status, got)
+    # A transparent image is cartoonized as the browser shows it: over white.
+    code, got = _post(server, _png_bytes(Image.new("RGBA", (72, 72), (0, 0, 0, 0))), character="hero")
+    assert (_decode(got["images"]["photo"]) == 255).all()
+    code, got = _post(server, good, character="hero", x="left")
+    assert code == 422 and "bad request parameters (x:" in got["error"]
     code, got = _post(server, good, character="villain")
     assert code == 404 and got["error"] == "no character 'villain'; this bundle holds: hero"
     code, got = _post(server, good, character="hero", x=40, y=0, size=64)
@@ -139,33 +148,41 @@ def test_page_examples_and_references_are_served(server, packed):
     assert code == 404 and "no example 5 (there are 1)" in got["error"]
 
 
-def test_the_gate_runs_one_job_and_turns_away_more_than_the_queue():
-    gate, inside, release, order = serve.Gate(waiting=1), threading.Event(), threading.Event(), []
+def test_the_gate_admits_one_running_and_the_queue_and_turns_away_the_rest():
+    async def scenario() -> list[str]:
+        gate, order = serve.Gate(waiting=1), []
+        release = asyncio.Event()
 
-    def job(name: str, hold: bool) -> None:
-        with gate.slot():
-            order.append(name)
-            if hold:
-                inside.set()
-                release.wait(10)
+        async def job(name: str, hold: bool) -> None:
+            async with gate.admit():
+                async with gate.turn():
+                    order.append(name)
+                    if hold:
+                        await release.wait()
 
-    first = threading.Thread(target=job, args=("first", True))
-    first.start()
-    assert inside.wait(10)
-    second = threading.Thread(target=job, args=("second", False))
-    second.start()
-    deadline = time.time() + 10
-    while gate._inside < 2 and time.time() < deadline:  # the second is in line
-        time.sleep(0.01)
-    with pytest.raises(serve.RequestError) as e:
-        job("third", False)
-    assert e.value.status == 503 and "busy" in str(e.value)
-    release.set()
-    first.join(10)
-    second.join(10)
-    assert order == ["first", "second"] and gate._inside == 0
-    job("fourth", False)  # free again
-    assert order[-1] == "fourth"
+        first = asyncio.create_task(job("first", True))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(job("second", False))  # admitted: waits its turn
+        await asyncio.sleep(0.01)
+        assert gate.inside == 2 and order == ["first"]
+        with pytest.raises(serve.RequestError) as e:
+            await job("third", False)
+        assert e.value.status == 503 and "busy (2 requests in line)" in str(e.value)
+        release.set()
+        await asyncio.gather(first, second)
+        assert gate.inside == 0
+        await job("fourth", False)  # free again
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "second", "fourth"]
+
+
+def test_a_dns_rebinding_host_is_refused(server):
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/api/info", headers={"Host": f"attacker.example:{port}"})
+    assert conn.getresponse().status == 400
+    conn.close()
 
 
 def test_a_bad_bundle_exits_2_and_a_network_address_is_said(packed, tmp_path, capsys):
@@ -191,10 +208,13 @@ def test_the_page_in_headless_chromium(server, packed, tmp_path):
             pytest.skip(f"needs Debian's chromium and chromium-driver packages ({tool} is not installed)")
     from tests.browser import drive_page
 
-    photo = tmp_path / "photo.png"
-    Image.fromarray(packed["photos"][2]).save(photo)
+    photo = tmp_path / "photo.png"  # a portrait photo: 72 x 96, the face in its middle
+    portrait = Image.new("RGB", (72, 96), (200, 200, 200))
+    portrait.paste(Image.fromarray(packed["photos"][2]), (0, 12))
+    portrait.save(photo)
     shot = tmp_path / "page.png"
-    status = drive_page(server, photo, "hero", crop_side=48, screenshot=shot)
-    assert status.startswith("hero, crop 48 px at (12, 12)"), status
+    got = drive_page(server, photo, "hero", crop_side=48, screenshot=shot)
+    assert got["status"].startswith("hero, crop 48 px at (12, 24)"), got
+    assert got["canvas"] == [225, 300]  # the longer side drawn at 300 px however often the slider moved
     im = Image.open(shot)
     assert im.size[0] >= 1000 and np.asarray(im).std() > 10  # a drawn page, not a blank one
