@@ -92,11 +92,18 @@ def save_video(frames: list[np.ndarray], stem: str | Path, fps: float = 10.0, fm
     that the ``imageio-ffmpeg`` wheel ships) or ``<stem>.gif``; returns the file written.
 
     MP4 falls back to GIF, with a warning, when imageio-ffmpeg is not installed. yuv420p needs
-    even sides, so an odd side is padded by repeating the last row or column."""
+    even sides, so an odd side is padded by repeating the last row or column. A GIF keeps the
+    timing but merges identical consecutive frames (PIL), so it can hold fewer frames."""
     if fmt not in VIDEO_FORMATS:
         raise ValueError(f"video format must be one of {VIDEO_FORMATS}, got {fmt!r}")
     if not frames:
         raise ValueError("no frames to write")
+    first = frames[0]
+    bad = [i for i, f in enumerate(frames) if f.dtype != np.uint8 or f.ndim != 3 or f.shape[-1] != 3
+           or f.shape != first.shape]
+    if bad:
+        raise ValueError(f"video frames must all be uint8 [H, W, 3] of frame 0's shape {first.shape}; "
+                         f"frame {bad[0]} is {frames[bad[0]].dtype} {frames[bad[0]].shape}")
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "mp4":
@@ -106,20 +113,27 @@ def save_video(frames: list[np.ndarray], stem: str | Path, fps: float = 10.0, fm
             warnings.warn("imageio-ffmpeg is not installed: writing a GIF instead of an MP4 "
                           "(pip install imageio-ffmpeg)", stacklevel=2)
             fmt = "gif"
-    path = stem.with_suffix(f".{fmt}")
+    path = stem.with_name(f"{stem.name}.{fmt}")  # "photo.v1" keeps its dot: photo.v1.mp4
     tmp = path.with_name(f".{path.name}.tmp")  # a killed write leaves no half file under the real name
-    if fmt == "gif":
-        pics = [Image.fromarray(f) for f in frames]
-        pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=round(1000 / fps), loop=0)
-    else:
-        h, w = frames[0].shape[:2]
-        pad = ((0, h % 2), (0, w % 2), (0, 0))
-        writer = imageio_ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264",
-                                             pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
-                                             output_params=["-crf", "18", "-f", "mp4"])
-        writer.send(None)
-        for f in frames:
-            writer.send(np.ascontiguousarray(np.pad(f, pad, mode="edge")))
-        writer.close()
-    tmp.replace(path)
+    try:
+        if fmt == "gif":
+            pics = [Image.fromarray(f) for f in frames]
+            pics[0].save(tmp, format="GIF", save_all=True, append_images=pics[1:], duration=round(1000 / fps),
+                         loop=0)
+        else:
+            h, w = first.shape[:2]
+            pad = ((0, h % 2), (0, w % 2), (0, 0))
+            writer = imageio_ffmpeg.write_frames(str(tmp), (w + w % 2, h + h % 2), fps=fps, codec="libx264",
+                                                 pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
+                                                 output_params=["-crf", "18", "-f", "mp4"])
+            writer.send(None)
+            try:
+                for f in frames:
+                    writer.send(np.ascontiguousarray(np.pad(f, pad, mode="edge")))
+            finally:
+                writer.close()
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

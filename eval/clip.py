@@ -68,12 +68,16 @@ class CLIPScorer(nn.Module):
         lack = missing_files(folder)
         if lack:
             raise WeightsError(f"{folder}: the CLIP folder lacks {', '.join(lack)}; get {SOURCE}")
+        for f in WEIGHT_FILES:
+            if (folder / f).is_file() and (folder / f).read_bytes()[:24].startswith(b"version https://git-lfs"):
+                raise WeightsError(f"{folder / f} is a Git LFS pointer, not the weights: run `git lfs pull` in "
+                                   f"{folder} or download the file itself")
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
-            model = CLIPModel.from_pretrained(folder, local_files_only=True)
+            model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
             tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # a damaged file fails in safetensors, torch or json alike: the folder's fault
             raise WeightsError(f"{folder}: not a readable CLIP model ({type(e).__name__}: {e})") from e
         mean, std = CLIP_MEAN, CLIP_STD
         pre = folder / "preprocessor_config.json"
@@ -87,7 +91,8 @@ class CLIPScorer(nn.Module):
         """[T, E] unit-norm text embeddings."""
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError("an empty prompt: say what the edit should look like")
-        batch = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        batch = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt",
+                               max_length=int(self.model.config.text_config.max_position_embeddings))
         batch = {k: v.to(self.mean.device) for k, v in batch.items()}
         return F.normalize(_features(self.model.get_text_features(**batch)).float(), dim=-1)
 

@@ -4,9 +4,9 @@ A cell takes its row's W+ and replaces the chosen W+ entries with its column's.
 Which entries a named range means is read from the generator's traced style
 layers (``style_layers``), as CDSM does, never from a table per resolution:
 
-- ``coarse``: the entries that drive the 4-8 px layers, ``middle``: 16-32 px,
-  ``fine``: 64 px and up (StyleGAN's paper, section 3.1; at a small size a range
-  with no layers is an error);
+- ``coarse``: the entries whose lowest layer is at 4-8 px, ``middle``: 16-32 px,
+  ``fine``: 64 px and up (StyleGAN's paper, section 3.1: 0-3, 4-7 and 8-17 at
+  1024 px, no overlap; at a small size a range with no entries is an error);
 - ``r16`` or ``r8-32``: the entries that drive the layers of those resolutions;
 - ``0-6`` or ``0,2,4``: W+ indices themselves.
 
@@ -37,6 +37,15 @@ def entries_at(G: Generator, low: int, high: int) -> list[int]:
     return sorted({layer.w_index for layer in style_layers(G) if low <= layer.resolution <= high})
 
 
+def entries_from(G: Generator, low: int, high: int) -> list[int]:
+    """W+ indices whose lowest driven resolution is in [low, high]: the named ranges, which
+    then do not overlap (0-3, 4-7, 8-17 at 1024 px, StyleGAN's coarse, middle and fine)."""
+    lowest: dict[int, int] = {}
+    for layer in style_layers(G):
+        lowest[layer.w_index] = min(layer.resolution, lowest.get(layer.w_index, layer.resolution))
+    return sorted(i for i, r in lowest.items() if low <= r <= high)
+
+
 def _int_range(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -49,7 +58,7 @@ def parse_entries(spec: str, G: Generator) -> list[int]:
     """The W+ indices ``spec`` names (see the module docstring); ValueError says what is wrong."""
     spec = spec.strip().lower()
     if spec in NAMED:
-        found = entries_at(G, *NAMED[spec])
+        found = entries_from(G, *NAMED[spec])
         what = f"{spec} ({NAMED[spec][0]}-{min(NAMED[spec][1], G.size)} px)"
     elif re.fullmatch(r"r\d+(-\d+)?", spec):
         lo, _, hi = spec[1:].partition("-")

@@ -44,8 +44,10 @@ class StyleCLIPConfig:
     """Fraction of the steps with a cosine ramp-down to 0."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.lr <= 0 or self.l2_lambda < 0 or self.id_lambda < 0:
-            raise ValueError("steps must be >= 1, lr > 0, l2_lambda and id_lambda >= 0")
+        if self.steps < 2:  # the schedule's learning rate is 0 at step 0: one step changes nothing
+            raise ValueError(f"steps must be >= 2 (the learning rate is 0 at the first step), got {self.steps}")
+        if self.lr <= 0 or self.l2_lambda < 0 or self.id_lambda < 0:
+            raise ValueError("lr must be > 0, l2_lambda and id_lambda >= 0")
         if self.space not in ("wplus", "w"):
             raise ValueError(f"space must be 'wplus' or 'w', got {self.space!r}")
 
@@ -96,6 +98,19 @@ def optimise(G: Generator, clip: CLIPScorer, text: torch.Tensor, w0: torch.Tenso
             id0 = face_id(render(G, w0))
     opt = torch.optim.Adam([var], lr=cfg.lr)
     losses, clip_losses = [], []
+    trainable = [p for p in G.parameters() if p.requires_grad]
+    for p in trainable:  # gradients flow to w only: no weight gradients accumulate in G
+        p.requires_grad_(False)
+    try:
+        _steps(G, clip, text, w0, var, id0, face_id, opt, cfg, losses, clip_losses, progress)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    w = var.detach()[:, None].expand_as(w0) if cfg.space == "w" else var.detach()
+    return Edit(w - w0, torch.stack(losses).cpu(), torch.stack(clip_losses).cpu())
+
+
+def _steps(G, clip, text, w0, var, id0, face_id, opt, cfg, losses, clip_losses, progress) -> None:
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -112,8 +127,6 @@ def optimise(G: Generator, clip: CLIPScorer, text: torch.Tensor, w0: torch.Tenso
         clip_losses.append(c_loss.detach())
         if progress is not None:
             progress(step, float(loss.mean()))
-    w = var.detach()[:, None].expand_as(w0) if cfg.space == "w" else var.detach()
-    return Edit(w - w0, torch.stack(losses).cpu(), torch.stack(clip_losses).cpu())
 
 
 @torch.no_grad()
@@ -121,9 +134,11 @@ def measure(G: Generator, clip: CLIPScorer, text: torch.Tensor | None, w0: torch
             face_id: torch.nn.Module | None = None) -> dict[str, list[float]]:
     """Per latent: CLIP similarity before and at strength 1, the W+ change (L2 norm of the
     direction) and, with ``face_id``, the ArcFace similarity of the edit to the start."""
-    before, after = render(G, w0), render(G, at_strength(w0, direction, 1.0))
     out = {"l2_change": direction.flatten(1).norm(dim=1).tolist()}
-    if text is not None:
+    if text is None and face_id is None:
+        return out
+    before, after = render(G, w0), render(G, at_strength(w0, direction, 1.0))
+    if text is not None and clip is not None:
         out["clip_before"] = clip.similarity(before, text).tolist()
         out["clip_after"] = clip.similarity(after, text).tolist()
     if face_id is not None:

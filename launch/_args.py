@@ -88,13 +88,20 @@ def latents_from(G, seeds: list[int], files: list[str] | None, truncation: float
         for f in files:
             try:
                 a = np.load(f)
-                a = a["w"] if isinstance(a, np.lib.npyio.NpzFile) else a
+                wplus = isinstance(a, np.lib.npyio.NpzFile)  # launch.project's .npz: always W+
+                a = a["w"] if wplus else a
             except (OSError, ValueError, KeyError) as e:
                 raise ValueError(f"{f}: cannot read a latent ({type(e).__name__}: {e})") from None
             a = torch.from_numpy(np.asarray(a, dtype=np.float32))
+            if a.ndim == 0 or a.shape[-1] != G.style_dim:
+                raise ValueError(f"{f}: latents of width {a.shape[-1] if a.ndim else 0}, the generator's W "
+                                 f"has {G.style_dim}")
+            if wplus and (a.ndim < 2 or a.shape[-2] != G.n_latent):
+                raise ValueError(f"{f}: a W+ of {a.shape[-2] if a.ndim >= 2 else 1} entries; this "
+                                 f"{G.size} px generator takes {G.n_latent}")
             a = a.reshape(-1, *a.shape[-2:]) if a.ndim >= 2 and a.shape[-2] == G.n_latent else a.reshape(-1, a.shape[-1])
-            if a.shape[-1] != G.style_dim:
-                raise ValueError(f"{f}: latents of width {a.shape[-1]}, the generator's W has {G.style_dim}")
+            if len(a) == 0:
+                raise ValueError(f"{f}: holds no latents")
             ws.append(a if a.ndim == 3 else G.broadcast(a))
         return torch.cat(ws).to(device)
     z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.style_dim) for s in seeds])).float()

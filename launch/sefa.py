@@ -83,7 +83,7 @@ def write_outputs(rows, out: Path, video: bool, video_format: str = "mp4") -> Pa
     if video:  # frame t: every row's t-th image, stacked
         frames = [np.concatenate([r[t] for r in rows], axis=0) for t in range(len(rows[0]))]
         frames = frames + frames[-2:0:-1]  # there and back
-        return save_video(frames, out.with_suffix(""), fps=8, fmt=video_format)
+        return save_video(frames, out.with_name(out.stem), fps=8, fmt=video_format)
     return None
 
 

@@ -7,9 +7,10 @@
 One grid per --layers range (default: coarse, middle and fine, those the
 generator has layers in), as NVlabs' style_mixing.py draws it: the column
 images along the top, the row images down the left, each cell the row's W+
-with the range's entries from the column. Ranges: coarse (4-8 px layers),
-middle (16-32 px), fine (64 px and up), r<res> or r<lo>-<hi> (the entries of
-those resolutions' layers), or W+ indices (0-6, 0,2,4). Which entry drives
+with the range's entries from the column. Ranges: coarse, middle, fine (the
+entries whose lowest layer is at 4-8, 16-32, 64+ px: 0-3, 4-7, 8-17 at 1024 px),
+r<res> or r<lo>-<hi> (every entry driving a layer of those resolutions), or W+
+indices (0-6, 0,2,4). Which entry drives
 which layer is traced from the generator (as CDSM does), so r16 shows what the
 16 px layers carry: in a face generator, eyes, nose and mouth live in the
 middle layers. Rows and columns come from seeds (mapped, truncated to
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from eval.style_mix import NAMED, entries_at, grid, parse_entries
+    from eval.style_mix import NAMED, entries_from, grid, parse_entries
     from trainer.model_io import CheckpointError
     from trainer.networks.stylespace import style_layers
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch < 1:
             raise ValueError("--batch must be >= 1")
         G = load_generator(args, args.device)
-        specs = args.layers or [name for name, (lo, hi) in NAMED.items() if entries_at(G, lo, hi)]
+        specs = args.layers or [name for name, (lo, hi) in NAMED.items() if entries_from(G, lo, hi)]
         entries = {spec: parse_entries(spec, G) for spec in specs}  # every range checked before rendering
         w_rows = latents_from(G, args.rows or [0, 1, 2, 3], args.row_latents, args.truncation, args.device)
         w_cols = latents_from(G, args.cols or list(range(10, 15)), args.col_latents, args.truncation, args.device)

@@ -23,12 +23,17 @@ def test_named_ranges_follow_the_layers_w_plus_entries_drive():
     # 8 px convs w1, w2, tRGB w3; 16 px convs w3, w4, tRGB w5; 32 px convs w5, w6, tRGB w7.
     torch.manual_seed(0)
     G = Generator(GeneratorConfig(size=32, **TINY_G))
+    # Named ranges by an entry's lowest layer: no overlap (0-3 / 4-7 / 8-17 at 1024 px).
     assert parse_entries("coarse", G) == [0, 1, 2, 3]
-    assert parse_entries("middle", G) == [3, 4, 5, 6, 7]
+    assert parse_entries("middle", G) == [4, 5, 6, 7]
     assert parse_entries("r16", G) == [3, 4, 5] and parse_entries("r8-16", G) == [1, 2, 3, 4, 5]
     assert parse_entries("0-2,6", G) == [0, 1, 2, 6] and parse_entries("Coarse", G) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=r"fine \(64-32 px\): no layer of this generator is there"):
         parse_entries("fine", G)
+    torch.manual_seed(0)
+    big = Generator(GeneratorConfig(size=1024, style_dim=8, n_mlp=1, channel_multiplier=0.0625, channel_max=8))
+    assert [parse_entries(n, big) for n in ("coarse", "middle", "fine")] == [
+        list(range(0, 4)), list(range(4, 8)), list(range(8, 18))]
     with pytest.raises(ValueError, match=r"W\+ entries \[8, 9\] are outside this 32 px generator's 0-7"):
         parse_entries("6-9", G)
     with pytest.raises(ValueError, match="unknown layer range 'eyes'"):
@@ -81,4 +86,4 @@ def test_command_writes_one_grid_per_range_and_refuses_bad_ranges(tmp_path, caps
     assert cli.main(["--ckpt", src, "--col-latents", str(tmp_path / "none.npy"), "--out", str(out)]) == 2
     assert "none.npy: cannot read a latent" in capsys.readouterr().err
     assert cli.main(["--ckpt", src, "--rows", "0", "--cols", "1", "--out", str(tmp_path / "named")]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"coarse": [0, 1, 2, 3], "middle": [3, 4, 5]}
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"coarse": [0, 1, 2, 3], "middle": [4, 5]}

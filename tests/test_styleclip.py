@@ -92,14 +92,14 @@ def test_the_identity_term_keeps_the_face_closer(files, scorer):
         sims[lam] = measure(G, scorer, text, w0, edit.direction, face_id)["id_similarity"]
     assert all(kept > free for kept, free in zip(sims[2.0], sims[0.0])), sims
     with pytest.raises(ValueError, match="needs the ArcFace network"):
-        optimise(G, scorer, text, w0, StyleCLIPConfig(steps=1, id_lambda=0.1))
+        optimise(G, scorer, text, w0, StyleCLIPConfig(steps=2, id_lambda=0.1))
 
 
 def test_command_saves_a_direction_that_reproduces_the_edit_when_applied(files, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     out, again = tmp_path / "edit", tmp_path / "again"
     assert cli.main(["--ckpt", files["g"], "--clip", str(files["clip"]), "--prompt", "green eyes", "--seeds", "3,4",
-                     "--steps", "6", "--strengths", "0,1,2", "--out", str(out), "--video", "--batch", "1"]) == 0
+                     "--steps", "6", "--strengths", "0", "1", "2", "--out", str(out), "--video", "--batch", "1"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["latents"] == 2 and summary["video"] == str(out / "sweep.mp4")
     report = json.loads((out / "report.json").read_text())
@@ -126,22 +126,48 @@ def test_command_saves_a_direction_that_reproduces_the_edit_when_applied(files, 
     (["--lut", "{root}/none.pt", "--character", "hero"], "none.pt"),
     (["--seeds", "1", "--character", "hero"], "--character needs --lut"),
     (["--direction", "{root}/none.npz"], "not a direction file of launch.styleclip"),
+    (["--direction", "{root}/wplus.npy"], "wplus.npy: not a direction file of launch.styleclip"),
+    (["--latents", "{root}/wplus.npy", "--space", "w"], "--space w needs start latents whose W+ entries are all equal"),
+    (["--id-lambda", "0.1"], "--id-lambda > 0 needs the ArcFace network"),
+    (["--direction-index", "1"], "--direction-index needs --direction FILE"),
+    (["--steps", "1"], "steps must be >= 2"),
 ])
 def test_bad_input_exits_2(change, message, files, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    np.save(tmp_path / "wplus.npy", np.random.default_rng(0).standard_normal((1, 6, 16)).astype(np.float32))
     half = tmp_path / "half"
     half.mkdir()
     (half / "config.json").write_text("{}")
     (half / "model.safetensors").write_bytes(b"")
     base = {"--clip": str(files["clip"]), "--prompt": "red hair"}
-    argv = ["--ckpt", files["g"], "--out", str(tmp_path / "o"), "--steps", "1"]
     extra = [a.format(root=tmp_path) for a in change]
+    argv = ["--ckpt", files["g"], "--out", str(tmp_path / "o")] + ([] if "--steps" in extra else ["--steps", "2"])
     for k, v in base.items():
         if k not in extra:
             argv += [k, v]
     assert cli.main(argv + extra) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+
+
+def test_strengths_take_negative_numbers_and_refuse_non_finite_ones(capsys):
+    parse = lambda *s: cli.build_parser().parse_args(["--ckpt", "g", "--out", "o", "--strengths", *s]).strengths
+    assert parse("-1", "0", "1.5") == [-1.0, 0.0, 1.5]
+    for bad in ("nan", "inf", "x"):
+        with pytest.raises(SystemExit) as e:
+            parse(bad)
+        assert e.value.code == 2
+    assert "expected a finite number, got 'inf'" in capsys.readouterr().err
+
+
+def test_a_direction_index_outside_the_file_exits_2(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    G = tiny(0)
+    np.savez(tmp_path / "d.npz", per_latent=np.zeros((2, G.n_latent, G.style_dim), np.float32),
+             mean=np.zeros((G.n_latent, G.style_dim), np.float32), w0=np.zeros((2, G.n_latent, G.style_dim)),
+             prompt=np.array("x"))
+    assert cli.main(["--ckpt", files["g"], "--direction", str(tmp_path / "d.npz"), "--direction-index", "2",
+                     "--seeds", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--direction-index '2': 'mean' or 0-1" in capsys.readouterr().err
 
 
 def test_a_missing_clip_folder_names_where_to_get_it():
@@ -149,7 +175,7 @@ def test_a_missing_clip_folder_names_where_to_get_it():
         CLIPScorer.from_folder(None)
 
 
-@pytest.mark.slow  # two torchrun processes importing transformers: about 30 s
+@pytest.mark.slow  # three 2-process torchrun launches importing transformers: about 40 s
 def test_two_ranks_give_the_one_rank_edits(files, tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     torch.set_num_threads(1)  # as each torchrun process: the same CPU kernels
@@ -158,6 +184,11 @@ def test_two_ranks_give_the_one_rank_edits(files, tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli.main([*argv, "--out", str(one)]) == 0
     torchrun("launch.styleclip", 2, [*argv, "--out", str(two)])
+    # One latent on two ranks: rank 1 has no batch and still joins every collective.
+    torchrun("launch.styleclip", 2, [*argv[:6], "--seeds", "3", "--steps", "4", "--batch", "1",
+                                     "--out", str(tmp_path / "lone")])
+    assert np.allclose(np.load(tmp_path / "lone" / "direction.npz")["per_latent"],
+                       np.load(one / "direction.npz")["per_latent"][:1], atol=1e-5)
     a, b = np.load(one / "direction.npz"), np.load(two / "direction.npz")
     assert np.array_equal(a["w0"], b["w0"])
     # Each latent is optimised alone on either split; the torchrun processes' CPU kernels differ from
@@ -173,7 +204,7 @@ def test_a_character_of_the_look_up_table_is_edited_in_g_swap(packed, files, tmp
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     argv = ["--ckpt", packed["g_src"], "--g-target", packed["g_tgt"], "--swap-res", "32", "--clip",
             str(files["clip"]), "--prompt", "blue hair", "--lut", str(packed["six"] / "lut.pt"), "--steps", "2",
-            "--strengths", "0,1", "--out", str(tmp_path / "hero")]
+            "--strengths", "0", "1", "--out", str(tmp_path / "hero")]
     assert cli.main([*argv, "--character", "hero"]) == 0
     report = json.loads((tmp_path / "hero" / "report.json").read_text())
     assert [r["name"] for r in report["latents"]] == ["character hero"]

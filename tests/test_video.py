@@ -40,3 +40,11 @@ def test_gif_on_request_and_when_imageio_ffmpeg_is_missing(tmp_path, monkeypatch
         save_video(_frames(1, 8, 8), tmp_path / "c", fmt="avi")
     with pytest.raises(ValueError, match="no frames"):
         save_video([], tmp_path / "d")
+    with pytest.raises(ValueError, match=r"frame 1 is uint8 \(8, 10, 3\)"):
+        save_video([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 10, 3), np.uint8)], tmp_path / "e", fmt="gif")
+    assert not list(tmp_path.glob(".*"))  # nothing half-written left behind
+
+
+def test_a_dotted_stem_keeps_its_dot(tmp_path):
+    assert save_video(_frames(2, 8, 8), tmp_path / "photo.v1").name == "photo.v1.mp4"
+    assert save_video(_frames(2, 8, 8), tmp_path / "photo.v2", fmt="gif").name == "photo.v2.gif"
