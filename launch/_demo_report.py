@@ -205,7 +205,7 @@ def render(m: dict, sheets: dict[str, str]) -> str:
         lines += ["**FID/KID here use an untrained Inception** (random weights, seed 0): they compare this",
                   "run's stages with each other and are not comparable with any published FID. Put",
                   "`pt_inception-2015-12-05-6726825d.pth` or `inception-2015-12-05.pt` in `weights/` (or",
-                  "`--weights-dir`) and delete `stages/fid.json` and `stages/cartoonize.json` to measure the standard one.",
+                  "`--weights-dir`) and delete `stages/fid.json` to measure the standard one.",
                   ""]
     lines += _probe_section(m)
     lines += ["## Stages", "", "| stage | seconds |", "| --- | --- |"]
@@ -214,7 +214,7 @@ def render(m: dict, sheets: dict[str, str]) -> str:
     fid = _fid_rows(m)
     lines += ["## FID / KID", ""]
     lines += (["| what | FID | KID | real / generated images |", "| --- | --- | --- | --- |", *fid]
-              if fid else ["(no FID measured yet: the fid and cartoonize stages have not run)"])
+              if fid else ["(no FID measured yet: the fid stage has not run)"])
     enc = _encoder_rows(m)
     lines += ["", "## Encoders (reconstruction per refinement pass)", ""]
     lines += (["| encoder | pass | L2 | MS-SSIM |", "| --- | --- | --- | --- |", *enc]

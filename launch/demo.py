@@ -194,7 +194,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
              "--target-data", str(data / "characters"), "--encoder-source", str(es), "--encoder-target", str(et),
              "--g-source", str(gs), "--g-target", str(gt), "--out", str(o / "cartoons" / name),
              "--lut", str(o / "lut.pt"), "--k", str(args.k), "--iters", "3", "--swap-res", "16",
-             "--mix-index", "4", "--kid", *det] for name in names]),
+             "--mix-index", "4"] for name in names]),
         Stage("fid", "FID/KID of the generators", [
             ["launch.fid", "--real", str(shards / "photos"), "--fake", str(gs), *fid,
              "--out", str(o / "metrics" / "fid_gan_source.json"), "--tb", str(o / "gan_source")],

@@ -273,8 +273,7 @@ def test_demo_end_to_end_resumes_after_an_interrupt(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     for key in ("fid_gan_source", "fid_gan_source_vs_characters", "fid_gan_target"):
         assert np.isfinite(m[key]["fid"]) and m[key]["n_fake"] == 8
-    cdsm = m["cartoonize"]["character0"]
-    assert cdsm["photos"] == 8 and np.isfinite(cdsm["metrics"]["cdsm"]["fid"])
+    assert m["cartoonize"]["character0"]["photos"] == 8  # per-method FID is not measured in the demo
     assert [p["pass"] for p in m["encoder_source"]["passes"]] == [1, 2, 3]
     assert len(m["probe"]["checks"]) >= 10 and m["probe"]["probe"]["character_accuracy"] >= 0.95
     text = (out / "report.md").read_text()
