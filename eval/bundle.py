@@ -181,7 +181,8 @@ def _part(path, name: str, build):
 def read_bundle(path: str | os.PathLike) -> Bundle:
     """Reads and checks a bundle; every refusal is a ``BundleError`` naming the file and the part."""
     if not Path(path).is_file():
-        raise BundleError(f"{path}: no such bundle file (write one with `python -m launch.bundle`)")
+        raise BundleError(f"{path}: no such bundle file (write one with `python -m launch.bundle`; "
+                          "`make demo` writes runs/demo/demo.bundle)")
     obj = torch_load(path)  # a foreign pickle: UnsafeCheckpointError, nothing run
     if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__

@@ -189,6 +189,7 @@ def test_a_bad_bundle_exits_2_and_a_network_address_is_said(packed, tmp_path, ca
     bad = tmp_path / "x.bundle"
     bad.write_bytes(b"garbage")
     for argv, message in ((["--bundle", str(bad)], str(bad)),
+                          (["--bundle", str(tmp_path / "none.bundle")], "`make demo` writes runs/demo/demo.bundle"),
                           (["--bundle", str(packed["bundle"]), "--examples", str(tmp_path / "none")], "not a folder"),
                           (["--bundle", str(packed["bundle"]), "--queue", "-1"], "--queue must be >= 0")):
         with pytest.raises(SystemExit) as e:
