@@ -19,7 +19,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +85,16 @@ class ProjectionResult(NamedTuple):
     """The optimised noise maps [N, 1, r, r], one per noise layer."""
 
 
-def learning_rate(cfg: ProjectionConfig, step: int) -> float:
-    """stylegan2-ada's schedule: linear ramp-up, cosine ramp-down, both as step fractions."""
+class Schedule(Protocol):
+    steps: int
+    lr: float
+    lr_rampup: float
+    lr_rampdown: float
+
+
+def learning_rate(cfg: Schedule, step: int) -> float:
+    """stylegan2-ada's schedule (StyleCLIP's ``get_lr`` too): linear ramp-up, cosine ramp-down,
+    both as step fractions."""
     t = step / cfg.steps
     down = min(1.0, (1.0 - t) / cfg.lr_rampdown)
     down = 0.5 - 0.5 * math.cos(down * math.pi)

@@ -14,7 +14,6 @@ other latents later without optimising again.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +23,7 @@ import torch
 from trainer.networks import Generator
 
 from .clip import CLIPScorer
+from .projection import learning_rate
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,6 @@ class StyleCLIPConfig:
             raise ValueError("lr must be > 0, l2_lambda and id_lambda >= 0")
         if self.space not in ("wplus", "w"):
             raise ValueError(f"space must be 'wplus' or 'w', got {self.space!r}")
-
-
-def learning_rate(cfg: StyleCLIPConfig, step: int) -> float:
-    """StyleCLIP's ``get_lr``: linear ramp-up, cosine ramp-down, both as step fractions."""
-    t = step / cfg.steps
-    down = 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / cfg.lr_rampdown) * math.pi)
-    return cfg.lr * down * min(1.0, t / cfg.lr_rampup)
 
 
 def render(G: Generator, ws: torch.Tensor) -> torch.Tensor:

@@ -192,18 +192,6 @@ def _edit_my_batches(args: argparse.Namespace, dist):
     return G, w_all, names, found, applied_prompt
 
 
-def _render_all(G, ws, batch: int):
-    """uint8 [N, S, S, 3] of W+ ``ws``, ``batch`` at a time."""
-    import numpy as np
-    import torch
-
-    from datasets.imageio import to_uint8
-    from eval.styleclip import render
-
-    with torch.no_grad():
-        return np.concatenate([to_uint8(render(G, ws[i:i + batch])) for i in range(0, len(ws), batch)])
-
-
 def write_outputs(args: argparse.Namespace, G, w0, direction, names: list[str], found: dict,
                   prompt: str | None) -> dict:
     """Renders everything first, then writes the files, report.json last (an old one is removed
@@ -211,16 +199,17 @@ def write_outputs(args: argparse.Namespace, G, w0, direction, names: list[str], 
     import numpy as np
 
     from datasets.imageio import grid, save_png, save_video
+    from eval.style_mix import render
     from eval.styleclip import at_strength
 
     out = Path(args.out)
     (out / "report.json").unlink(missing_ok=True)
-    cols = [_render_all(G, at_strength(w0, direction, s), args.batch) for s in args.strengths]
+    cols = [render(G, at_strength(w0, direction, s), args.batch) for s in args.strengths]
     sheet = np.concatenate([np.concatenate([c[i] for c in cols], axis=1) for i in range(len(w0))], axis=0)
     frames = None
     if args.video:  # every latent in a square-ish grid per frame, strength 0 to the largest and back
         top = max(args.strengths)
-        frames = [grid(_render_all(G, at_strength(w0, direction, top * t / 15), args.batch)) for t in range(16)]
+        frames = [grid(render(G, at_strength(w0, direction, top * t / 15), args.batch)) for t in range(16)]
     save_png(sheet, out / "sheet.png")
     np.savez(out / "direction.npz", per_latent=direction.cpu().numpy(), mean=direction.mean(0).cpu().numpy(),
              w0=w0.cpu().numpy(), prompt=np.array(prompt or ""))
