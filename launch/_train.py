@@ -83,6 +83,7 @@ def run_training(args: argparse.Namespace, cfg_cls: type, resolve: Callable, loo
         os._exit(EXIT_REQUEUE)  # gloo/NCCL threads of a broken group can hang a normal interpreter exit
     finally:
         start.stop.uninstall()
+        dist.release_own_group()
         if lock is not None:
             lock.release()
     return 0

@@ -146,6 +146,27 @@ def test_two_processes_stay_in_sync_with_every_loss_and_g_swap_and_continue_on_o
     assert stats(c)[-1]["Progress/kimg"] == pytest.approx(0.016)
 
 
+@pytest.mark.slow  # two 2-process launches (about 50 s); tests/test_zero.py checks the step itself fast
+def test_zero2_with_offload_matches_the_all_reduce_and_resumes_under_it(files, tmp_path, monkeypatch):
+    # One refinement pass: one backward per step, summed in the same order by both (with several,
+    # ZeRO-2 sums in another order, about 1e-7, which Adam turns into up to lr-sized steps where a
+    # gradient is float noise; see test_zero.py).
+    feats = [*two_process_features(files), "optim.optimizer=adam", "optim.n_iters=1", "run.total_kimg=0.016",
+             "run.ckpt_ticks=1"]
+    z, p = tmp_path / "zero", tmp_path / "plain"
+    r = torchrun("launch.train_encoder", 2, [*feats, f"run.dir={z}", "dist.zero_stage=2", "dist.offload_optimizer=cpu"])
+    # run.check_sync: after each step every rank's weights agree and equal DeepSpeed's float32 master.
+    assert "2 process(es)" in r.stdout
+    torchrun("launch.train_encoder", 2, [*feats, f"run.dir={p}"])
+    fz = assert_same_final_state(z, p, tmp_path, 2)  # every value bitwise, the optimizer state included
+    assert any(k.startswith("opt.state.") and k.endswith("exp_avg_sq") for k in fz)
+    half = sorted(glob.glob(str(z / "checkpoints/ckpt-*")))[0]
+    c = tmp_path / "c"
+    assert run_inprocess(["--resume", half, f"run.dir={c}", "run.total_kimg=0.016", "dist.zero_stage=0",
+                          "dist.offload_optimizer=none"], monkeypatch) == 0
+    assert stats(c)[-1]["Progress/kimg"] == pytest.approx(0.016)
+
+
 @pytest.mark.slow  # three 2-process launches (about 50 s); the SIGTERM test resumes 2 processes too
 def test_two_processes_resume_bitwise_with_every_loss_and_g_swap(files, tmp_path):
     feats = two_process_features(files)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from launch import train_triplet as cli
-from tests.run_fixtures import torchrun
+from tests.run_fixtures import assert_same_final_state, torchrun
 from trainer.model_io import load_checkpoint, save_checkpoint
 from trainer.networks import Generator, GeneratorConfig
 from trainer.networks.irse import IRSEBackbone
@@ -105,10 +105,15 @@ def test_bad_input_exits_2(change, message, files, tmp_path, monkeypatch, capsys
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow  # 16 s; the GAN and encoder tests check the shared synced step on 2 processes fast
-def test_two_processes_stay_in_sync(files, tmp_path):
-    run = tmp_path / "two"
+@pytest.mark.slow  # 35 s; the GAN and encoder tests check the shared synced step on 2 processes fast
+def test_two_processes_stay_in_sync_and_zero2_matches_them(files, tmp_path):
+    run, zero = tmp_path / "two", tmp_path / "zero"
     # check_sync hashes every rank's gradients and weights after each step and fails on a difference.
     torchrun("launch.train_triplet", 2, argv(files, run, "run.total_kimg=0.032", "run.check_sync=true"))
     assert "2 process(es)" in (run / "log.txt").read_text()
     assert len(stats(run)) == 2 and (run / "network.pt").is_file()
+    # The blend layers in a DeepSpeed ZeRO-2 engine: the same values, the optimizer state included.
+    torchrun("launch.train_triplet", 2, argv(files, zero, "run.total_kimg=0.032", "run.check_sync=true",
+                                              "dist.zero_stage=2"))
+    flat = assert_same_final_state(zero, run, tmp_path, 2)
+    assert any(k.startswith("opt.state.") and k.endswith("exp_avg_sq") for k in flat)

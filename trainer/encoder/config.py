@@ -13,6 +13,7 @@ from typing import Literal
 from datasets.loader import LoaderConfig
 from trainer.networks import irse
 from trainer.run.start import RunConfig
+from trainer.run.zero import DistConfig, check_dist_config
 
 
 @dataclass
@@ -157,6 +158,8 @@ class EncoderTrainConfig:
     """Loss-network weight files."""
     optim: EncoderOptimConfig = field(default_factory=EncoderOptimConfig)
     """Optimisation."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Gradient and optimizer-state distribution: the trainer's all-reduce or DeepSpeed ZeRO 1/2."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -172,6 +175,7 @@ class EncoderTrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        check_dist_config(self.dist, self.optim.optimizer)
 
     @property
     def id_net(self) -> str:

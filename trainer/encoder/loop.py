@@ -29,7 +29,7 @@ from trainer.encoder.loss import EncoderLoss
 from trainer.encoder.sync_bn import convert_batchnorm
 from trainer.networks.encoders import Encoder, EncoderConfig
 from trainer.networks.restyle import Pass, ReStyle
-from trainer.run.checkpoint import CheckpointManager, OptimizerState
+from trainer.run.checkpoint import CheckpointManager
 from trainer.run.config import ConfigError, to_dict, to_yaml
 from trainer.run.distributed import Dist, rng_state, seed_rank
 from trainer.run.log import RunLog
@@ -37,8 +37,8 @@ from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
 from trainer.run.start import Start, changed_settings
 from trainer.run.stop import stop_point
-from trainer.run.steps import (NonFiniteError, check_batch, counters, make_loader, restore_rank, resumed_note,
-                               synced_step)
+from trainer.run.steps import NonFiniteError, check_batch, counters, make_loader, restore_rank, resumed_note
+from trainer.run.zero import make_step
 
 ENCODER_META = ("config", "g_config", "enc_config")
 AUTOCAST = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,11 +78,12 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
     params = list(net.encoder.parameters())
     opt = setup.make_optimizer(cfg, params)
     scale = DynamicLossScale(cfg.model.mixed_precision == "fp16")
+    optimizer = make_step(cfg.dist, "encoder", net.encoder, params, opt, scale, dist, cfg.run.check_sync)
 
     # Resume. Weights, optimizer, loss scale, counters; RNG and data position per rank.
     ckpt = CheckpointManager(start.ckpt_root, cfg.run.keep_ckpts, dist.rank, dist.world)
     train = {"counters": counters(0, 0, 0, 0, 0), "scale": scale.state_dict()}
-    state = {"net": net, "opt": OptimizerState(net.encoder, opt), "train": train}
+    state = {"net": net, "opt": optimizer.state(), "train": train}
     seed_rank(cfg.run.seed, dist.rank)
     if start.resume_from is not None:
         changed = check_resume_compatible(meta, to_dict(cfg))
@@ -131,13 +132,13 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
             out = net.step(x, prev, noise_mode="random")
             with torch.autocast(device.type, dtype=net.autocast or torch.float32, enabled=net.autocast is not None):
                 total, terms = loss(out.image, x, out.latent, net.latent_avg)
-            (total * scale.scale).backward()
+            optimizer.backward(total * scale.scale)
             prev = Pass(out.image.detach(), out.latent.detach())
             for k, v in terms.items():
                 meters.add(f"Loss/{k}/pass{t + 1}", v)
 
         # Optimizer step: gradients averaged over ranks; skipped everywhere if non-finite.
-        stepped = synced_step("encoder", params, opt, scale, dist, cfg.run.check_sync)
+        stepped = optimizer.step()
         # A skipped step's forwards also moved the BatchNorm statistics, and an overflowing
         # forward can make them Inf even when the gradients stay finite: undo both.
         buffers = list(net.encoder.buffers())

@@ -13,6 +13,7 @@ from typing import Literal
 from datasets.loader import LoaderConfig
 from trainer.gan.augment import AugmentConfig
 from trainer.run.start import RunConfig
+from trainer.run.zero import DistConfig, check_dist_config
 
 __all__ = ["GANConfig", "RunConfig"]
 
@@ -154,6 +155,8 @@ class GANConfig:
     """Augmentation."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     """Freezing and structure loss."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Gradient and optimizer-state distribution: the trainer's all-reduce or DeepSpeed ZeRO 1/2."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -170,6 +173,7 @@ class GANConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        check_dist_config(self.dist, "adam")
 
     @property
     def needs_source(self) -> bool:

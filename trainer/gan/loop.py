@@ -22,16 +22,17 @@ from datasets.loader import to_device
 from trainer.gan import setup
 from trainer.gan.augment import AugmentPipe
 from trainer.gan.config import GANConfig
-from trainer.gan.loss import GANLoss
+from trainer.gan.loss import Backward, GANLoss
 from trainer.gan.state import Start, check_resume_compatible, counters
-from trainer.run.checkpoint import CheckpointManager, OptimizerState
+from trainer.run.checkpoint import CheckpointManager
 from trainer.run.config import ConfigError, to_dict, to_yaml
 from trainer.run.distributed import Dist, rng_state, seed_rank
 from trainer.run.log import RunLog
 from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
 from trainer.run.stop import stop_point
-from trainer.run.steps import NonFiniteError, check_batch, make_loader, restore_rank, resumed_note, synced_step
+from trainer.run.steps import NonFiniteError, check_batch, make_loader, restore_rank, resumed_note
+from trainer.run.zero import OptimizerStep, make_step
 
 __all__ = ["NonFiniteError", "PHASES", "run_phase", "sample_grid", "training_loop"]
 
@@ -41,10 +42,9 @@ class Phase:
     name: str
     interval: int
     params: list[torch.nn.Parameter]
-    opt: torch.optim.Optimizer
-    scale: DynamicLossScale
-    run: Callable[[torch.Tensor, torch.Tensor, float, float], dict]
-    """(real micro-batch, z micro-batch, gain, loss scale) -> stats."""
+    opt: OptimizerStep
+    run: Callable[[torch.Tensor, torch.Tensor, float, float, Backward], dict]
+    """(real micro-batch, z micro-batch, gain, loss scale, backward) -> stats."""
 
 
 PHASES = ("Gmain", "Gpl", "Dmain", "Dr1")
@@ -88,14 +88,17 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     opt_G = setup.make_adam(g_params, cfg.optim.g_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.pl_interval)
     opt_D = setup.make_adam(d_params, cfg.optim.d_lr, cfg.optim.betas, cfg.optim.eps, cfg.loss.r1_interval)
     scale_G, scale_D = DynamicLossScale(mp), DynamicLossScale(mp)
-    phases = [Phase("Gmain", 1, g_params, opt_G, scale_G, lambda x, z, g, s: loss.g_main(z, g, s)),
-              Phase("Dmain", 1, d_params, opt_D, scale_D, lambda x, z, g, s: loss.d_main(x, z, g, s))]
+    # One step (all-reduce or DeepSpeed engine) per network, shared by its two phases.
+    step_G = make_step(cfg.dist, "G", G, g_params, opt_G, scale_G, dist, cfg.run.check_sync)
+    step_D = make_step(cfg.dist, "D", D, d_params, opt_D, scale_D, dist, cfg.run.check_sync)
+    phases = [Phase("Gmain", 1, g_params, step_G, lambda x, z, g, s, b: loss.g_main(z, g, s, b)),
+              Phase("Dmain", 1, d_params, step_D, lambda x, z, g, s, b: loss.d_main(x, z, g, s, b))]
     if pl_on:
-        phases.insert(1, Phase("Gpl", cfg.loss.pl_interval, g_params, opt_G, scale_G,
-                               lambda x, z, g, s: loss.g_pl(z, g, s)))
+        phases.insert(1, Phase("Gpl", cfg.loss.pl_interval, g_params, step_G,
+                               lambda x, z, g, s, b: loss.g_pl(z, g, s, b)))
     if r1_on:
-        phases.append(Phase("Dr1", cfg.loss.r1_interval, d_params, opt_D, scale_D,
-                            lambda x, z, g, s: loss.d_r1(x, g, s)))
+        phases.append(Phase("Dr1", cfg.loss.r1_interval, d_params, step_D,
+                            lambda x, z, g, s, b: loss.d_r1(x, g, s, b)))
     ada_kimg = cfg.ada.kimg_pretrained if nets.pretrained else cfg.ada.kimg
 
     # Resume. Everything that decides the next step is restored; RNG and data position per rank.
@@ -103,7 +106,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     fails = torch.zeros(len(PHASES), dtype=torch.int64)
     train = {"pl_mean": loss.pl_mean, "ada_acc": torch.zeros(2, dtype=torch.float64, device=device), "fails": fails,
              "counters": counters(0, 0, 0, 0, 0), "scale_G": scale_G.state_dict(), "scale_D": scale_D.state_dict()}
-    state = {"G": G, "D": D, "G_ema": G_ema, "opt_G": OptimizerState(G, opt_G), "opt_D": OptimizerState(D, opt_D),
+    state = {"G": G, "D": D, "G_ema": G_ema, "opt_G": step_G.state(), "opt_D": step_D.state(),
              "train": train, **({"augment": augment} if augment is not None else {}),
              **({"G_src": G_src} if G_src is not None else {})}
     seed_rank(cfg.run.seed, dist.rank)
@@ -154,7 +157,7 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
         for ph in phases:
             if step % ph.interval:
                 continue
-            ok, outs = run_phase(ph, reals, (g_params, d_params), G.style_dim, dist, cfg.run.check_sync)
+            ok, outs = run_phase(ph, reals, (g_params, d_params), G.style_dim)
             # Consecutive failures per phase: a phase failing at every one of its turns stops
             # the run even when the phases between its turns succeed.
             fails[PHASES.index(ph.name)] = 0 if ok else fails[PHASES.index(ph.name)] + 1
@@ -222,21 +225,20 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
     return log
 
 
-def run_phase(ph: Phase, reals: tuple[torch.Tensor, ...], nets_params: tuple[list, list], style_dim: int,
-              dist: Dist, check_sync: bool) -> tuple[bool, list[dict]]:
+def run_phase(ph: Phase, reals: tuple[torch.Tensor, ...], nets_params: tuple[list, list],
+              style_dim: int) -> tuple[bool, list[dict]]:
     """One optimizer step of ``ph`` over the micro-batches; returns (stepped, stats per micro-batch)."""
     # Only this phase's network collects gradients; frozen parameters never do.
     for params in nets_params:
         for p in params:
             p.requires_grad_(params is ph.params)
-    ph.opt.zero_grad(set_to_none=True)
+    ph.opt.zero_grad()
     gain = ph.interval / len(reals)  # lazy-regularisation weight; mean over micro-batches
     outs = []
     for x in reals:
         z = torch.randn(x.shape[0], style_dim, device=x.device)
-        outs.append(ph.run(x, z, gain, ph.scale.scale))
-    stepped = synced_step(f"phase {ph.name}", ph.params, ph.opt, ph.scale, dist, check_sync)
-    return stepped, outs
+        outs.append(ph.run(x, z, gain, ph.opt.scale.scale, ph.opt.backward))
+    return ph.opt.step(), outs
 
 
 @torch.no_grad()

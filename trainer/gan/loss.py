@@ -10,6 +10,8 @@ Loss scaling (fp16): ``scale`` multiplies every backward, and the inner
 ``autograd.grad`` of R1 and path length is taken of the scaled output and
 divided by ``scale`` again, so the penalties see true gradients while the
 backward through them stays in the scaled range. bf16 and fp32 use scale 1.
+``backward`` runs the backward of the scaled loss: ``Tensor.backward``, or a
+DeepSpeed engine's (``trainer.run.zero``), which reduces partitioned gradients.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from trainer.networks import Discriminator, Generator, GeneratorOutput
 from trainer.run.config import ConfigError
 
 Stats = dict[str, torch.Tensor]
+Backward = Callable[[torch.Tensor], None]
+"""Runs the backward of a scaled loss."""
 W_AVG_BETA = 0.995
 
 
@@ -98,7 +102,8 @@ class GANLoss:
     # ------------------------------------------------------------------
     # Phases.
 
-    def g_main(self, z: torch.Tensor, gain: float, scale: float) -> Stats:
+    def g_main(self, z: torch.Tensor, gain: float, scale: float,
+               backward: Backward = torch.Tensor.backward) -> Stats:
         """Non-saturating loss softplus(-D(G(z))), plus the structure loss."""
         out, src = self.generate(z, features=self.freeze.structure_layers > 0)
         logits = self.run_D(out.img)
@@ -108,10 +113,11 @@ class GANLoss:
             struct = self.structure_loss(out, src)
             loss = loss + struct
             stats["Loss/G/structure"] = struct.detach()
-        (loss * (gain * scale)).backward()
+        backward(loss * (gain * scale))
         return stats
 
-    def g_pl(self, z: torch.Tensor, gain: float, scale: float) -> Stats:
+    def g_pl(self, z: torch.Tensor, gain: float, scale: float,
+             backward: Backward = torch.Tensor.backward) -> Stats:
         """Path-length regularisation on batch / pl_batch_shrink samples."""
         n = max(1, z.shape[0] // self.cfg.pl_batch_shrink)
         out, _ = self.generate(z[:n])
@@ -128,26 +134,28 @@ class GANLoss:
         penalty = (lengths - pl_mean).square()
         loss = penalty.mean() * self.cfg.pl_weight
         # The zero-weighted image term keeps every synthesis parameter in the graph.
-        ((img[:, 0, 0, 0] * 0).mean() + loss).mul(gain * scale).backward()
+        backward(((img[:, 0, 0, 0] * 0).mean() + loss).mul(gain * scale))
         return {"Loss/pl_penalty": penalty.detach(), "Loss/pl_mean": self.pl_mean.detach().clone()}
 
-    def d_main(self, real: torch.Tensor, z: torch.Tensor, gain: float, scale: float) -> Stats:
+    def d_main(self, real: torch.Tensor, z: torch.Tensor, gain: float, scale: float,
+               backward: Backward = torch.Tensor.backward) -> Stats:
         """softplus(D(G(z))) + softplus(-D(x)); the signs of D(x) drive ADA."""
         with torch.no_grad():
             fake = self.generate(z, track_w_avg=True)[0].img
         fake_logits = self.run_D(fake)
         real_logits = self.run_D(real.detach())
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        (loss * (gain * scale)).backward()
+        backward(loss * (gain * scale))
         return {"Loss/D/loss": loss.detach(), "Loss/scores/real": real_logits.detach(),
                 "Loss/signs/real": real_logits.detach().sign()}
 
-    def d_r1(self, real: torch.Tensor, gain: float, scale: float) -> Stats:
+    def d_r1(self, real: torch.Tensor, gain: float, scale: float,
+             backward: Backward = torch.Tensor.backward) -> Stats:
         """R1: gamma/2 * |d D(aug(x)) / d x|^2, through the augmentation (double backward)."""
         x = real.detach().requires_grad_(True)
         logits = self.run_D(x)
         grads, = torch.autograd.grad(logits.sum() * scale, x, create_graph=True)
         penalty = (grads / scale).square().sum([1, 2, 3])
         loss = penalty.mean() * (self.cfg.r1_gamma / 2)
-        ((logits * 0).mean() + loss).mul(gain * scale).backward()
+        backward(((logits * 0).mean() + loss).mul(gain * scale))
         return {"Loss/r1_penalty": penalty.detach(), "Loss/D/reg": loss.detach()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -71,6 +72,27 @@ class Dist:
             return missing_ranks(store, self.rank, self.world)
         except Exception as e:  # noqa: BLE001 - the store may have died with rank 0
             return f"the ranks could not be checked ({type(e).__name__}; the store lives with rank 0)"
+
+    def ensure_process_group(self) -> None:
+        """Makes a one-process group when there is none (accelerate makes none for one process),
+        for libraries that need one (DeepSpeed); ``release_own_group`` removes it again."""
+        if dist.is_available() and dist.is_initialized():
+            return
+        # One rank needs no rendezvous: an in-memory store, no port.
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+        self._own_group = True
+
+    def release_own_group(self) -> None:
+        """Destroys the group ``ensure_process_group`` made, so that a later run in this process
+        starts clean; through DeepSpeed when it is loaded, which keeps its own reference to it."""
+        if getattr(self, "_own_group", False):
+            ds_comm = sys.modules.get("deepspeed.comm")
+            if ds_comm is not None and ds_comm.is_initialized():
+                ds_comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
+            self._own_group = False
 
     @property
     def distributed(self) -> bool:

@@ -23,16 +23,22 @@ class DynamicLossScale:
     def unscale_and_check(self, params: list[torch.nn.Parameter], finite: bool) -> bool:
         """Divides gradients by the scale when ``finite``; adapts the scale. Returns
         whether the optimizer should step."""
+        if self.enabled and finite:
+            inv = 1.0 / self.scale
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        return self.update(finite)
+
+    def update(self, finite: bool) -> bool:
+        """Adapts the scale to whether this step's gradients were finite (for an optimizer that
+        unscaled them itself, as DeepSpeed's ZeRO does); returns ``finite``."""
         if not self.enabled:
             return finite
         if not finite:
             self.scale = max(self.scale * self.backoff, 1.0)
             self.good_steps = 0
             return False
-        inv = 1.0 / self.scale
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(inv)
         self.good_steps += 1
         if self.good_steps % self.growth_interval == 0:
             self.scale *= self.growth

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainer.run.start import RunConfig
+from trainer.run.zero import DistConfig, check_dist_config
 
 
 @dataclass
@@ -97,6 +98,8 @@ class TripletConfig:
     """Loss settings."""
     optim: TripletOptimConfig = field(default_factory=TripletOptimConfig)
     """Optimisation."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Gradient and optimizer-state distribution: the trainer's all-reduce or DeepSpeed ZeRO 1/2."""
 
     def __post_init__(self) -> None:
         m = self.model
@@ -113,3 +116,4 @@ class TripletConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        check_dist_config(self.dist, "adam")

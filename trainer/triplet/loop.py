@@ -23,7 +23,7 @@ from trainer.networks.face_id import FaceID
 from trainer.networks.generator import Generator
 from trainer.networks.swap import g_swap, layer_swap, param_resolution
 from trainer.networks.weights import WeightsError, missing_message
-from trainer.run.checkpoint import CheckpointManager, OptimizerState
+from trainer.run.checkpoint import CheckpointManager
 from trainer.run.config import to_dict, to_yaml
 from trainer.run.distributed import Dist, rng_state, seed_rank
 from trainer.run.inputs import load_generator, weight_path
@@ -32,7 +32,8 @@ from trainer.run.loss_scale import DynamicLossScale
 from trainer.run.meters import Meters
 from trainer.run.start import Start, changed_settings
 from trainer.run.stop import stop_point
-from trainer.run.steps import NonFiniteError, check_batch, counters, restore_rng, resumed_note, synced_step
+from trainer.run.steps import NonFiniteError, check_batch, counters, restore_rng, resumed_note
+from trainer.run.zero import make_step
 from trainer.triplet.config import TripletConfig
 
 TRIPLET_META = ("config", "kind")
@@ -98,16 +99,18 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
     face = face_network(cfg).to(device)
     params = trainable(cfg, blend)
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
-    scale = DynamicLossScale(False)
+    optimizer = make_step(cfg.dist, "blend", blend, params, opt, DynamicLossScale(False), dist, cfg.run.check_sync)
 
     # Resume. Blend weights, optimizer, counters; RNG per rank.
     ckpt = CheckpointManager(start.ckpt_root, cfg.run.keep_ckpts, dist.rank, dist.world)
     train = {"counters": counters(0, 0, 0, 0, 0)}
-    state = {"blend": blend, "opt": OptimizerState(blend, opt), "train": train}
+    state = {"blend": blend, "opt": optimizer.state(), "train": train}
     seed_rank(cfg.run.seed, dist.rank)
     if start.resume_from is not None:
         changed = changed_settings(start.meta["config"], to_dict(cfg))
         rank_state, _ = ckpt.load(start.resume_from, state)
+        for group in opt.param_groups:  # the loaded groups carry the old run's: the configuration decides
+            group.update(lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
         restore_rng(rank_state, start.meta, dist, cfg.run.seed)
         log.info(resumed_note(start.resume_from, start.meta, dist.world, changed))
     c = {k: int(v) for k, v in train["counters"].items()}
@@ -142,8 +145,8 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
 
         # Loss and an optimizer step with gradients averaged over ranks.
         loss, terms = triplet_loss(e_anchor, e_pos, e_neg, cfg.loss.margin)
-        loss.backward()
-        stepped = synced_step("blend", params, opt, scale, dist, cfg.run.check_sync)
+        optimizer.backward(loss)
+        stepped = optimizer.step()
         meters.add_all(terms)
         bad_steps = 0 if stepped else bad_steps + 1
         step += 1
