@@ -4,7 +4,10 @@ Nothing here runs at import: an extension is compiled the first time an op is
 called on a CUDA tensor with ``impl="auto"`` or ``"cuda"``. Builds go to a folder
 keyed by a hash of the sources, the torch and CUDA versions and the GPU
 architecture, so a changed source or a different GPU never reuses a stale
-binary. An exclusive file lock serialises ranks that build at once (the first
+binary. Before building, nvcc's CUDA major version must match torch's; after
+loading, each extension runs once on a tiny tensor, so a kernel that cannot
+launch on this GPU fails at load (where ``auto`` falls back) instead of in
+the middle of training. An exclusive file lock serialises ranks that build at once (the first
 builds, the rest load its result); only rank 0 prints compiler output.
 """
 
@@ -13,10 +16,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -88,13 +93,40 @@ def toolchain_report() -> str:
             f"torch {torch.__version__} built with CUDA {torch.version.cuda}; GPU: {gpu}")
 
 
-def load_extension(name: str, sources: list[str], headers: list[str]) -> ModuleType:
-    """Builds (once per key) and imports extension ``name``; raises OpsBuildError.
+def nvcc_release() -> tuple[int, int] | None:
+    """(major, minor) of the CUDA toolkit the JIT build would use, or None when unknown."""
+    from torch.utils import cpp_extension
 
-    A failure is remembered for the life of the process so a broken toolchain
-    costs one attempt, not one per call.
+    home = cpp_extension.CUDA_HOME
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc") or "nvcc"
+    m = re.search(r"release (\d+)\.(\d+)", _first_line([nvcc, "--version"], last=True))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def cuda_mismatch() -> str | None:
+    """Why nvcc's CUDA cannot build for this torch (a different major version), or None.
+    A different minor version builds and runs on a driver new enough for both."""
+    found, torch_cuda = nvcc_release(), torch.version.cuda
+    if found is None or torch_cuda is None:
+        return None
+    if found[0] != int(torch_cuda.split(".")[0]):
+        return (f"nvcc is CUDA {found[0]}.{found[1]} but torch {torch.__version__} was built with CUDA {torch_cuda}: "
+                f"set CUDA_HOME to a CUDA {torch_cuda.split('.')[0]}.x toolkit, or install the torch build for "
+                f"CUDA {found[0]}")
+    return None
+
+
+def load_extension(name: str, sources: list[str], headers: list[str],
+                   probe: Callable[[ModuleType], None] | None = None) -> ModuleType:
+    """Builds (once per key) and imports extension ``name``, then runs ``probe`` on it (one tiny
+    call on the current GPU); raises OpsBuildError.
+
+    Kept per GPU architecture (a process that sees two kinds of GPU builds for each). A failure
+    is remembered for the life of the process, so a broken toolchain or a kernel that cannot
+    launch here costs one attempt, not one per call; ``auto`` then falls back to the reference.
     """
-    cached = _cache.get(name)
+    slot = f"{name}@{gpu_arch()}" if torch.cuda.is_available() else name
+    cached = _cache.get(slot)
     if isinstance(cached, ModuleType):
         return cached
     if isinstance(cached, BaseException):
@@ -105,15 +137,28 @@ def load_extension(name: str, sources: list[str], headers: list[str]) -> ModuleT
         err = OpsBuildError(
             f"building the CUDA extension '{name}' failed. {toolchain_report()}. "
             f"Set TOONMIX_EXTENSIONS_DIR to choose the build folder. Cause: {str(e)[-3000:]}")
-        _cache[name] = err
+        _cache[slot] = err
         raise err from e
-    _cache[name] = module
+    try:
+        if probe is not None:
+            probe(module)
+    except Exception as e:  # "no kernel image is available", a driver older than the toolkit...
+        err = OpsBuildError(
+            f"the CUDA extension '{name}' was built but does not run on this GPU: {str(e)[-1000:]}. "
+            f"{toolchain_report()}. Usually the toolkit is newer than the driver, or the build does not "
+            "target this GPU's architecture")
+        _cache[slot] = err
+        raise err from e
+    _cache[slot] = module
     return module
 
 
 def _build(name: str, sources: list[str], headers: list[str]) -> ModuleType:
     if not torch.cuda.is_available():
         raise RuntimeError("torch reports no CUDA device")
+    mismatch = cuda_mismatch()
+    if mismatch:
+        raise RuntimeError(mismatch)
     from torch.utils import cpp_extension
 
     arch = gpu_arch()

@@ -34,7 +34,18 @@ ACTIVATIONS = {
 
 
 def _plugin():
-    return _build.load_extension("bias_act", _SOURCES, _HEADERS)
+    return _build.load_extension("bias_act", _SOURCES, _HEADERS, probe=_probe)
+
+
+def _probe(mod) -> None:
+    """ones + a bias of ones, linear, on the current GPU, synchronised: fails here, at load,
+    when the kernel cannot launch on this device."""
+    x = torch.ones(1, 2, 4, 4, device="cuda")
+    y = mod.bias_act(x, torch.ones(2, device="cuda"), x.new_empty([0]), 0, 1, ACTIVATIONS["linear"][0],
+                     0.0, 1.0, -1.0, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    if not torch.equal(y, x * 2):
+        raise RuntimeError(f"bias_act of ones plus a bias of ones gave {y.flatten()[:4].tolist()}")
 
 
 @dataclass(frozen=True)

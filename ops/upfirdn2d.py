@@ -25,7 +25,18 @@ _HEADERS = ["common.h", "common.cuh", "binding_utils.h", "upfirdn2d.h", "upfirdn
 
 
 def _plugin():
-    return _build.load_extension("upfirdn2d", _SOURCES, _HEADERS)
+    return _build.load_extension("upfirdn2d", _SOURCES, _HEADERS, probe=_probe)
+
+
+def _probe(mod) -> None:
+    """A 1x1 identity filter over ones on the current GPU, synchronised: fails here, at load,
+    when the kernel cannot launch on this device."""
+    x = torch.ones(1, 1, 4, 4, device="cuda")
+    y = mod.upfirdn2d(x, torch.ones(1, 1, device="cuda"), 1, 1, 1, 1, 0, 0, 0, 0,
+                      torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    if not torch.equal(y, x):
+        raise RuntimeError(f"upfirdn2d of ones with a 1x1 filter of 1 gave {y.flatten()[:4].tolist()}")
 
 
 # ----------------------------------------------------------------------------

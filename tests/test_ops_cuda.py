@@ -159,3 +159,13 @@ def test_r1_penalty_through_both_ops_matches_ref():
         grads[impl] = torch.autograd.grad(gx.square().sum(), (w, b))
     for got, want in zip(grads["cuda"], grads["ref"]):
         assert_close_tol(got, want, torch.float32)
+
+
+def test_load_time_probes_pass_on_this_gpu():
+    """The tiny call each extension makes when it loads (ops/_build.py) succeeds here, so auto
+    uses the kernels: a probe that failed would have fallen back to the reference."""
+    for mod in (upfirdn2d, bias_act):
+        mod._probe(mod._plugin())
+    x = torch.randn(1, 2, 8, 8, device="cuda")
+    bias_act.bias_act(upfirdn2d.filter2d(x, upfirdn2d.setup_filter([1, 2, 1], device="cuda")), act="lrelu")
+    assert ops.last_impl("upfirdn2d") == "cuda" and ops.last_impl("bias_act") == "cuda"

@@ -43,6 +43,7 @@ def _fake_gpu(monkeypatch, load):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(_build, "gpu_arch", lambda *a: "9.0")
+    monkeypatch.setattr(_build, "nvcc_release", lambda: None)  # this machine's toolkit plays no part
     monkeypatch.setattr(cpp_extension, "load", load)
 
 
@@ -155,14 +156,69 @@ def test_build_uses_keyed_folder_arch_and_rank0_output(monkeypatch, tmp_path, ca
     stale = tmp_path / "ext" / f"upfirdn2d-{key}"
     stale.mkdir(parents=True)
     (stale / "lock").write_text("")  # left by a killed build
-    mod = upfirdn2d._plugin()
-    assert mod is upfirdn2d._plugin()  # loaded once per process
+    load = lambda: _build.load_extension("upfirdn2d", upfirdn2d._SOURCES, upfirdn2d._HEADERS)  # noqa: E731
+    mod = load()
+    assert mod is load()  # loaded once per process
     assert seen["build_directory"] == str(stale)
     assert seen["name"] == f"toonmix_upfirdn2d_{key}"
     assert seen["arch_env"] == "9.0" and os.environ["TORCH_CUDA_ARCH_LIST"] == "7.0"
     assert seen["extra_cuda_cflags"] == _build.NVCC_FLAGS and seen["verbose"] is prints
     assert all(Path(s).exists() for s in seen["sources"])
     assert ("[ops]" in capsys.readouterr().out) is prints
+
+
+def test_a_kernel_that_cannot_run_here_falls_back_at_load_and_strict_mode_raises(monkeypatch):
+    builds, probes = [], []
+    _fake_gpu(monkeypatch, lambda **kw: builds.append(kw) or types.ModuleType(kw["name"]))
+
+    def probe(mod):  # what a launch on a GPU the build does not target raises
+        probes.append(mod)
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    load = lambda: _build.load_extension("bias_act", ["bias_act.cpp", "bias_act.cu"], ["bias_act.h"], probe)  # noqa: E731
+    with pytest.warns(ops.OpsFallbackWarning, match="built but does not run on this GPU: CUDA error: no kernel image"):
+        assert _dispatch.resolve("bias_act", "auto", "cuda", load) == "ref"
+    assert _dispatch.resolve("bias_act", "auto", "cuda", load) == "ref"
+    assert len(builds) == len(probes) == 1  # remembered: one attempt per process
+    ops.set_strict(True)
+    with pytest.raises(ops.OpsBuildError, match="toolkit is newer than the driver"):
+        _dispatch.resolve("bias_act", "auto", "cuda", load)
+
+
+def test_each_gpu_architecture_gets_its_own_build(monkeypatch):
+    arch_seen = []
+    _fake_gpu(monkeypatch, lambda **kw: arch_seen.append(os.environ["TORCH_CUDA_ARCH_LIST"])
+              or types.ModuleType(kw["name"]))
+    load = lambda: _build.load_extension("upfirdn2d", upfirdn2d._SOURCES, upfirdn2d._HEADERS)  # noqa: E731
+    first = load()
+    monkeypatch.setattr(_build, "gpu_arch", lambda *a: "8.0")  # the process moves to another kind of GPU
+    second = load()
+    monkeypatch.setattr(_build, "gpu_arch", lambda *a: "9.0")
+    assert load() is first and second is not first and arch_seen == ["9.0", "8.0"]
+
+
+@pytest.mark.parametrize("nvcc, torch_cuda, refused", [((11, 8), "12.4", True), ((12, 8), "12.4", False),
+                                                       (None, "12.4", False)])
+def test_nvcc_of_another_cuda_major_version_is_refused_before_building(monkeypatch, nvcc, torch_cuda, refused):
+    builds = []
+    _fake_gpu(monkeypatch, lambda **kw: builds.append(kw) or types.ModuleType(kw["name"]))
+    monkeypatch.setattr(_build, "nvcc_release", lambda: nvcc)
+    monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+    if refused:
+        with pytest.raises(ops.OpsBuildError, match="nvcc is CUDA 11.8 but torch .* was built with CUDA 12.4"):
+            _build.load_extension("bias_act", ["bias_act.cpp", "bias_act.cu"], ["bias_act.h"])
+        assert builds == []
+    else:  # a newer minor version, or an nvcc whose version cannot be read, builds
+        _build.load_extension("bias_act", ["bias_act.cpp", "bias_act.cu"], ["bias_act.h"])
+        assert len(builds) == 1
+
+
+def test_nvcc_release_reads_the_toolkit_banner(monkeypatch):
+    banner = "Cuda compilation tools, release 13.0, V13.0.48"
+    monkeypatch.setattr(_build, "_first_line", lambda cmd, last=False: banner)
+    assert _build.nvcc_release() == (13, 0)
+    monkeypatch.setattr(_build, "_first_line", lambda cmd, last=False: "unavailable (FileNotFoundError)")
+    assert _build.nvcc_release() is None
 
 
 def test_build_key_tracks_sources_arch_and_flags(monkeypatch, tmp_path):
