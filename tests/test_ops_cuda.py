@@ -2,7 +2,8 @@
 gradient and gradient of gradient, in float32, float16 and bfloat16, with
 channels_last, non-contiguous and large inputs. Skipped without a GPU.
 
-Tolerances: float32 results agree to 1e-5 (only summation order differs);
+Tolerances: float32 results agree to 1e-5 (only summation order differs; TF32 is
+off while these run, so the references are true float32);
 float16 / bfloat16 results are compared with the float32 reference on the same
 (rounded) inputs, within 1e-2 / 4e-2 relative + absolute (one rounding of the
 output; the kernels accumulate in float32)."""
@@ -32,6 +33,17 @@ def _strict():
     ops.set_strict(True)  # a failed build must fail these tests, not fall back
     yield
     ops.set_strict(None)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """The references' convolutions (the single-channel, R1 and channels_last cases go through
+    cuDNN) and matmuls would run in TF32 on Ampere and later, about 1e-3 relative: far outside
+    the 1e-5 float32 tolerance, failing for the reference's rounding, not the kernel's."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def assert_close_tol(a, b, dtype):
