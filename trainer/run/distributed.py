@@ -41,6 +41,7 @@ class Dist:
         self.device = self.state.device
         self.is_main = self.state.is_main_process
         self._collectives = 0
+        self._own_group = False  # a one-process group made by ensure_process_group
         self._announce()
 
     def _announce(self) -> None:
@@ -86,7 +87,7 @@ class Dist:
     def release_own_group(self) -> None:
         """Destroys the group ``ensure_process_group`` made, so that a later run in this process
         starts clean; through DeepSpeed when it is loaded, which keeps its own reference to it."""
-        if getattr(self, "_own_group", False):
+        if self._own_group:
             ds_comm = sys.modules.get("deepspeed.comm")
             if ds_comm is not None and ds_comm.is_initialized():
                 ds_comm.destroy_process_group()

@@ -242,7 +242,7 @@ class ZeroOptimizerState(OptimizerState):
     def __init__(self, module: nn.Module, params: list[nn.Parameter], zero_opt):
         self.module, self.params, self.zero_opt = module, params, zero_opt
         self.inner = zero_opt.optimizer  # the trainer's Adam, now over flat partitions
-        self.optimizer = self._template()
+        self.optimizer: torch.optim.Adam | None = None  # the template, made per save or load
 
     def _template(self) -> torch.optim.Adam:
         """A plain Adam over ``params`` with the live hyperparameters (the trainer may have set
