@@ -159,6 +159,36 @@ def test_kernel_code_matches_ref(emulator, act, alpha, gain, clamp, wide):
                                _bias_act_ref(x, None, 1, act, alpha, gain, clamp))
 
 
+def _nonfinite_inputs(dtype=torch.float32):
+    """x with NaN, +inf and -inf scattered over it: what a diverging fp16 layer feeds the next."""
+    x, b = _inputs((3, 5, 4, 6), 1, dtype)
+    flat = x.view(-1)
+    flat[::7], flat[3::11], flat[5::13] = float("nan"), float("inf"), float("-inf")
+    return x, b
+
+
+@pytest.mark.parametrize("act,alpha,gain,clamp", SETTINGS)
+def test_ref_propagates_nan_through_activation_and_clamp(act, alpha, gain, clamp):
+    x, b = _nonfinite_inputs(torch.float64)
+    y = _bias_act_ref(x, b, 1, act, alpha, gain, clamp)
+    assert torch.isnan(y[torch.isnan(x)]).all()  # never 0 (relu) or -clamp (clamp)
+    torch.testing.assert_close(y, independent(x, b, 1, act, alpha, gain, clamp), equal_nan=True)
+
+
+@pytest.mark.parametrize("act,alpha,gain,clamp", SETTINGS)
+def test_kernel_code_nonfinite_matches_ref(emulator, act, alpha, gain, clamp):
+    code = ACTIVATIONS[act][0]
+    x, b = _nonfinite_inputs()
+    y = emulator.bias_act(x, b, None, 1, code, alpha, gain, clamp, False)
+    assert torch.isnan(y[torch.isnan(x)]).all()
+    torch.testing.assert_close(y, _bias_act_ref(x, b, 1, act, alpha, gain, clamp), equal_nan=True)
+    xr = x.detach().clone().requires_grad_()
+    dy = torch.randn_like(x)
+    (ref_dx,) = torch.autograd.grad(_bias_act_ref(xr, b, 1, act, alpha, gain, clamp), xr, dy)
+    torch.testing.assert_close(emulator.bias_act(x, b, dy, 1, code, alpha, gain, clamp, False), ref_dx,
+                               equal_nan=True)
+
+
 # ---------------------------------------------------------------------------
 # Public API: dtypes and errors.
 

@@ -139,6 +139,26 @@ def test_bias_act_cuda_layouts(dtype):
         assert_close_tol(y, bias_act.bias_act(x.float(), b, act="lrelu", clamp=1.0, impl="ref"), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,alpha,gain,clamp", ACTS)
+def test_nonfinite_inputs_match_ref(dtype, act, alpha, gain, clamp):
+    """NaN and inf leave both ops exactly where the reference puts them: a diverging fp16 layer
+    stays visible (relu does not turn NaN into 0, nor the clamp into -clamp)."""
+    x = torch.randn(2, 8, 9, 11, device="cuda")
+    flat = x.view(-1)
+    flat[::7], flat[3::11], flat[5::13] = float("nan"), float("inf"), float("-inf")
+    x = x.to(dtype)
+    b = torch.randn(8, device="cuda").to(dtype)
+    y = bias_act.bias_act(x, b, act=act, alpha=alpha, gain=gain, clamp=clamp, impl="cuda")
+    yr = bias_act.bias_act(x.float(), b.float(), act=act, alpha=alpha, gain=gain, clamp=clamp, impl="ref")
+    assert torch.isnan(y[torch.isnan(x)]).all()
+    torch.testing.assert_close(y.float(), yr, rtol=TOL[dtype], atol=TOL[dtype], equal_nan=True)
+    f = _setup_f("binomial4")
+    u = upfirdn2d.upfirdn2d(x, f, up=2, padding=(2, 1), impl="cuda")
+    ur = upfirdn2d.upfirdn2d(x.float(), f, up=2, padding=(2, 1), impl="ref")
+    assert torch.equal(torch.isnan(u), torch.isnan(ur))
+
+
 def test_bias_act_cuda_large_tensor():
     x = torch.randn(4, 64, 512, 512, device="cuda")  # 256 MiB
     b = torch.randn(64, device="cuda")

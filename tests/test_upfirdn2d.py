@@ -185,6 +185,20 @@ def test_kernel_strided_input_and_channels_last_output(emulator):
     torch.testing.assert_close(y, _upfirdn2d_ref(x, f, 2, 1, (2, 1), False, 4.0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("up,down,pad", [(1, 1, (1, 2, 1, 2)), (2, 1, (2, 1)), (1, 2, (1, 1))])
+def test_kernel_code_propagates_nonfinite_like_ref(emulator, up, down, pad):
+    """NaN and inf reach exactly the outputs whose window covers them, as in the reference
+    (a zero tap times NaN is NaN in both)."""
+    x = torch.randn(1, 2, 12, 10)
+    x[0, 0, 3, 4], x[0, 1, 7, 2], x[0, 1, 0, 9] = float("nan"), float("inf"), float("-inf")
+    f = _filter("binomial4", torch.float32)
+    cfg = _Config.make(x, f, up, down, pad, False, 1.0)
+    y, _ = emulator.upfirdn2d(x, _kernel_filter(f, cfg, x.device), cfg.up, cfg.down, cfg.pad, cfg.out_hw(f))
+    want = _upfirdn2d_ref(x, f, up, down, pad)
+    assert torch.isnan(want).any()
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
 def test_kernel_rejects_oversized_filter(emulator):
     x = torch.randn(1, 1, 200, 200)
     f = torch.ones(120, 120)
