@@ -5,7 +5,8 @@ a small MLP beside a copy under the trainers' own all-reduce (``AllReduceStep``)
 fed the same per-rank data in two micro-batches per step, and records the largest
 differences of: the weights after one SGD step (lr 1: the step is the averaged gradient);
 a checkpoint's state taken before any step, and the weights two steps later;
-the weights and the checkpointed Adam state after three Adam steps; the same after the
+the weights and the checkpointed Adam state after three Adam steps, and the bytes of Adam
+state each rank holds; the same after the
 all-reduce's checkpoint is loaded into a fresh engine and both step once more; a ZeRO
 checkpoint folder loaded into the all-reduce optimizer; and an fp16-style loss scale's
 overflow step, which both must skip. Writes OUT/rank{k}.json.
@@ -88,6 +89,7 @@ def check(name: str, cfg: DistConfig, dist: Dist, out: Path) -> dict:
     r["adam_weights"] = max_diff(weights(p), weights(z))
     r["adam_state"] = max_diff(ps.state().state_dict(), zs.state().state_dict())
     r["adam_state_keys"] = sorted(next(iter(zs.state().state_dict()["state"].values())))
+    r["state_bytes"] = [ps.state_bytes(), zs.state_bytes()]  # this rank's optimizer-state tensors
 
     # The all-reduce's state into a fresh engine (never stepped), then one more step each.
     (_, _), (f, fs) = pair(cfg, dist, torch.optim.Adam, lr=1e-3, betas=betas)

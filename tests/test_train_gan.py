@@ -103,6 +103,10 @@ def test_feature_runs_train_and_keep_frozen_weights(feature, shards, init_full, 
     for key in ("Loss/G/loss", "Loss/D/loss", "Loss/r1_penalty", "Loss/pl_penalty", "Timing/sec_per_kimg",
                 "Timing/kimg_per_sec", "Progress/augment_p", "Resources/gpu_mem_gib", "Ops/bias_act/ref"):
         assert any(key in r for r in rows), key
+    for opt, net, frozen in (("opt_G", out.g, g_frozen), ("opt_D", out.d, d_frozen)):
+        # Adam's two float32 moments and one step per trained tensor, measured on the live optimizer.
+        want = sum(8 * p.numel() + 4 for n, p in net.named_parameters() if n not in frozen) / 2**20
+        assert rows[-1][f"Resources/opt_state_mib_{opt[-1]}"] == pytest.approx(want, rel=1e-5), feature  # 6 digits in stats.jsonl
     if "structure" in feature:
         assert all(r["Loss/G/structure"] > 0 for r in rows)
     if feature == "fp16":

@@ -40,6 +40,10 @@ def test_zero_steps_and_checkpoints_match_the_all_reduce(tmp_path):
                     "early_weights", "scaled_weights"):
             assert res[key] <= tol, (name, key, res[key])
         assert res["adam_state_keys"] == ["exp_avg", "exp_avg_sq", "step"]  # a plain Adam's names
+        # Each of the 2 ranks holds half the optimizer state (its partition), measured on the tensors.
+        plain, zero = res["state_bytes"]
+        assert plain == 676 * 8 + 4 * 4  # 676 parameters in 4 tensors: two float32 moments each, one step each
+        assert 0.45 <= zero / plain <= 0.55, (name, zero, plain)
         # A ZeRO checkpoint folder read into the all-reduce optimizer: exactly what was gathered.
         assert res["folder_state"] == 0.0 and res["folder_weights"] == 0.0
         # fp16 loss scaling: a finite step goes through, an overflowing one is skipped by both,

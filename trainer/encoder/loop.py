@@ -167,7 +167,8 @@ def training_loop(cfg: EncoderTrainConfig, dist: Dist, start: Start) -> RunLog:
         stats.update({"Progress/kimg": cur_nimg / 1000, "Progress/tick": tick, "Progress/nonfinite_steps": bad_steps,
                       "Timing/img_per_sec": (cur_nimg - tick_nimg) / max(elapsed, 1e-9),
                       "Timing/sec_per_kimg": elapsed / max((cur_nimg - tick_nimg) / 1000, 1e-9),
-                      "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/loss_scale": scale.scale})
+                      "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/loss_scale": scale.scale,
+                      "Resources/opt_state_mib": optimizer.state_bytes() / 2**20})  # this rank's share
         if val and (tick % cfg.run.val_ticks == 0 or done):
             stats.update(validate(net, val, cfg.optim.n_iters, lpips, idnet if cfg.id_net == "arcface" else None, log))
         stats.update({f"Ops/{op}/{impl}": n for op, d in ops.impl_counts().items() for impl, n in d.items()})

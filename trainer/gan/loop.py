@@ -204,7 +204,10 @@ def training_loop(cfg: GANConfig, dist: Dist, start: Start) -> RunLog:
                       "Timing/kimg_per_sec": kimg_tick / max(elapsed, 1e-9),
                       "Progress/augment_p": float(augment.p) if augment is not None else 0.0,
                       "Resources/gpu_mem_gib": dist.max_memory_gib(), "Progress/nonfinite_steps": bad_steps,
-                      "Progress/loss_scale_G": scale_G.scale, "Progress/loss_scale_D": scale_D.scale})
+                      "Progress/loss_scale_G": scale_G.scale, "Progress/loss_scale_D": scale_D.scale,
+                      # this rank's share: the whole state at zero_stage 0, 1/world of it at 1 and 2
+                      "Resources/opt_state_mib_G": step_G.state_bytes() / 2**20,
+                      "Resources/opt_state_mib_D": step_D.state_bytes() / 2**20})
         stats.update({f"Ops/{op}/{impl}": n for op, d in ops.impl_counts().items() for impl, n in d.items()})
         ops.reset_records()
         log.stats(step, stats, kimg=cur_nimg / 1000)

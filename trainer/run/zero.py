@@ -142,6 +142,10 @@ class OptimizerStep(Protocol):
     def state(self) -> OptimizerState:
         """The optimizer as checkpoints hold it (the same format for every backend)."""
 
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state (Adam's moments and step) this rank holds, measured on the
+        tensors: the whole state at stage 0, this rank's partition at stage 1/2."""
+
 
 class AllReduceStep:
     """zero_stage 0: the trainer's own flat all-reduce of exactly ``params``' gradients."""
@@ -162,6 +166,9 @@ class AllReduceStep:
 
     def state(self) -> OptimizerState:
         return OptimizerState(self.module, self.opt)
+
+    def state_bytes(self) -> int:
+        return _state_bytes(self.opt)
 
 
 class ZeroStep:
@@ -222,6 +229,13 @@ class ZeroStep:
 
     def state(self) -> OptimizerState:
         return ZeroOptimizerState(self.module, self.params, self.zero_opt)
+
+    def state_bytes(self) -> int:
+        return _state_bytes(self.zero_opt.optimizer)  # the trainer's Adam over this rank's flat partition
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
 
 
 def make_step(cfg: DistConfig, name: str, module: nn.Module, params: list[nn.Parameter],

@@ -167,7 +167,8 @@ def training_loop(cfg: TripletConfig, dist: Dist, start: Start) -> RunLog:
         stats = meters.reduce(dist)
         stats.update({"Progress/kimg": cur_nimg / 1000, "Progress/tick": tick, "Progress/nonfinite_steps": bad_steps,
                       "Timing/sec_per_kimg": elapsed / max((cur_nimg - tick_nimg) / 1000, 1e-9),
-                      "Resources/gpu_mem_gib": dist.max_memory_gib()})
+                      "Resources/gpu_mem_gib": dist.max_memory_gib(),
+                      "Resources/opt_state_mib": optimizer.state_bytes() / 2**20})  # this rank's share
         log.stats(step, stats, kimg=cur_nimg / 1000)
         log.info(f"tick {tick} kimg {cur_nimg / 1000:.3f} step {step} triplet {stats['Loss/triplet']:.4f} "
                  f"d_pos {stats['Loss/d_pos']:.4f} d_neg {stats['Loss/d_neg']:.4f} "
