@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_gan.py
 	$(PY) benchmarks/train_encoder.py
 	$(PY) benchmarks/fid.py
+	$(PY) benchmarks/zero.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
