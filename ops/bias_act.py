@@ -149,7 +149,7 @@ def _kernel_torch(x, b, dy, cfg: _Config) -> torch.Tensor:
     if b is not None:
         v = v + b.to(ct).reshape([-1 if i == cfg.dim else 1 for i in range(x.ndim)])
     if cfg.act == "relu":
-        a, d = torch.where(v > 0, v, 0.0), (v > 0).float()
+        a, d = torch.where(v <= 0, 0.0, v), torch.where(v <= 0, 0.0, 1.0)  # NaN passes, as in the kernel
     elif cfg.act == "lrelu":
         a, d = torch.where(v > 0, v, v * cfg.alpha), torch.where(v > 0, 1.0, cfg.alpha)
     else:

@@ -176,6 +176,18 @@ def test_ref_propagates_nan_through_activation_and_clamp(act, alpha, gain, clamp
 
 
 @pytest.mark.parametrize("act,alpha,gain,clamp", SETTINGS)
+def test_function_nonfinite_matches_ref(act, alpha, gain, clamp):
+    """The autograd Functions' plain-PyTorch mirror of the kernel treats NaN and inf as the kernel does."""
+    x, b = _nonfinite_inputs(torch.float64)
+    cfg = _make_config(x, b, 1, act, alpha, gain, clamp, backend="torch")
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yr = _BiasAct.apply(xf, b, cfg), _bias_act_ref(xr, b, 1, act, alpha, gain, clamp)
+    torch.testing.assert_close(y, yr, equal_nan=True)
+    dy = torch.randn_like(x)
+    torch.testing.assert_close(torch.autograd.grad(y, xf, dy)[0], torch.autograd.grad(yr, xr, dy)[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("act,alpha,gain,clamp", SETTINGS)
 def test_kernel_code_nonfinite_matches_ref(emulator, act, alpha, gain, clamp):
     code = ACTIVATIONS[act][0]
     x, b = _nonfinite_inputs()
