@@ -35,10 +35,13 @@ from benchmarks.ops import _median_ms, device_name  # noqa: E402
 from trainer.networks import Discriminator, Generator  # noqa: E402
 
 
-def make_models(res: int, device: torch.device):
+def make_models(res: int, device: torch.device, arch: dict | None = None):
+    """Config F at ``res`` unless ``arch`` overrides generator and discriminator settings
+    (channel_multiplier, channel_max, num_fp16_res: keys both configs share)."""
     torch.manual_seed(0)
-    G = Generator(size=res).to(device)
-    D = Discriminator(size=res).to(device)
+    arch = arch or {}
+    G = Generator(size=res, **arch).to(device)
+    D = Discriminator(size=res, **{k: v for k, v in arch.items() if k not in ("style_dim", "n_mlp")}).to(device)
     g_opt = torch.optim.Adam(G.parameters(), lr=0.002, betas=(0.0, 0.99))
     d_opt = torch.optim.Adam(D.parameters(), lr=0.002, betas=(0.0, 0.99))
     return G, D, g_opt, d_opt
@@ -81,12 +84,14 @@ def peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_resolution(res, batch, device, impl, warmup, reps) -> dict[str, float]:
+def bench_resolution(res, batch, device, impl, warmup, reps, arch: dict | None = None,
+                     tag: str = "") -> dict[str, float]:
+    """``arch`` as in make_models; ``tag`` ends every key (e.g. ``_fp16``)."""
     ops.set_default_impl(impl)
-    G, D, g_opt, d_opt = make_models(res, device)
+    G, D, g_opt, d_opt = make_models(res, device, arch)
     z = torch.randn(batch, G.style_dim, device=device)
     real = torch.randn(batch, 3, res, res, device=device)
-    suffix = f"{res}_{device.type}" + (f"_{impl}" if device.type == "cuda" else "")
+    suffix = f"{res}_{device.type}" + (f"_{impl}" if device.type == "cuda" else "") + tag
     cases = {
         "g_forward": lambda: G(z),
         "train_step": lambda: train_step(G, D, g_opt, d_opt, real, reg=False),

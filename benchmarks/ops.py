@@ -92,20 +92,25 @@ def _time_op(forward, inputs, device, warmup, reps) -> dict[str, float]:
     return {"fwd_ms": round(fwd, 4), "fwd_bwd_ms": round(_median_ms(fwd_bwd, device, warmup, reps), 4)}
 
 
-def bench_upfirdn2d(impl, batch, dtype, device, warmup, reps):
+def _scaled(shape: tuple, shrink: int) -> tuple:
+    """``shape`` (channels first) with each spatial size divided by ``shrink`` (plumbing runs)."""
+    return (shape[0], *(max(4, -(-s // shrink)) for s in shape[1:]))
+
+
+def bench_upfirdn2d(impl, batch, dtype, device, warmup, reps, shrink=1):
     out = {}
     for name, shape, taps, kw in UPFIRDN2D_SHAPES:
-        x = torch.randn(batch, *shape, device=device, dtype=dtype)
+        x = torch.randn(batch, *_scaled(shape, shrink), device=device, dtype=dtype)
         f = upfirdn2d.setup_filter(taps, device=device)
         out[name] = _time_op(lambda x: upfirdn2d.upfirdn2d(x, f, impl=impl, **kw), [x], device, warmup, reps)
         del x
     return out
 
 
-def bench_bias_act(impl, batch, dtype, device, warmup, reps):
+def bench_bias_act(impl, batch, dtype, device, warmup, reps, shrink=1):
     out = {}
     for name, shape in BIAS_ACT_SHAPES:
-        x = torch.randn(batch, *shape, device=device, dtype=dtype)
+        x = torch.randn(batch, *_scaled(shape, shrink), device=device, dtype=dtype)
         b = torch.randn(shape[0], device=device, dtype=dtype)
         out[name] = _time_op(lambda x, b: bias_act.bias_act(x, b, act="lrelu", impl=impl), [x, b],
                              device, warmup, reps)
@@ -113,9 +118,9 @@ def bench_bias_act(impl, batch, dtype, device, warmup, reps):
     return out
 
 
-def bias_act_bandwidth(impl, batch, dtype, device, fwd_ms) -> dict[str, float]:
+def bias_act_bandwidth(impl, batch, dtype, device, fwd_ms, shrink=1) -> dict[str, float]:
     """Achieved GB/s of bias_act forward (read x, write y) and a plain copy as the practical peak."""
-    shape = dict(BIAS_ACT_SHAPES)[BANDWIDTH_SHAPE]
+    shape = _scaled(dict(BIAS_ACT_SHAPES)[BANDWIDTH_SHAPE], shrink)
     x = torch.randn(batch, *shape, device=device, dtype=dtype)
     nbytes = 2 * x.numel() * x.element_size()
     y = torch.empty_like(x)
@@ -157,6 +162,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--impls", default=None, help="comma list of ref,cuda (default: ref, plus cuda on a GPU)")
     p.add_argument("--reps", type=int, default=None, help="timed repeats (default 20 on GPU, 5 on CPU; 3 with --quick)")
+    p.add_argument("--shrink", type=int, default=1, help="divide every spatial size by this (plumbing runs; default 1)")
     args = p.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -170,20 +176,20 @@ def main(argv=None) -> dict:
     for impl in impls:
         for op, bench in (("upfirdn2d", bench_upfirdn2d), ("bias_act", bench_bias_act)):
             print(f"[bench] {op} impl={impl} ...", file=sys.stderr, flush=True)
-            for shape, t in bench(impl, batch, dtype, device, warmup, reps).items():
+            for shape, t in bench(impl, batch, dtype, device, warmup, reps, args.shrink).items():
                 results[op].setdefault(shape, {})[impl] = t
 
     totals = {op: {impl: {k: round(sum(r[impl][k] for r in shapes.values()), 3) for k in ("fwd_ms", "fwd_bwd_ms")}
                    for impl in impls} for op, shapes in results.items()}
     summary = {"device": device_name(device), "torch": torch.__version__, "dtype": args.dtype,
-               "batch": batch, "quick": args.quick, "reps": reps, "totals_ms": totals, "per_shape_ms": results}
+               "batch": batch, "quick": args.quick, "shrink": args.shrink, "reps": reps, "totals_ms": totals, "per_shape_ms": results}
     if "cuda" in impls and "ref" in impls:
         summary["speedup_cuda_over_ref"] = {
             op: {k: round(totals[op]["ref"][k] / totals[op]["cuda"][k], 2) for k in ("fwd_ms", "fwd_bwd_ms")}
             for op in totals}
     fast = "cuda" if "cuda" in impls else impls[0]
     summary["bias_act_bandwidth"] = dict(impl=fast, **bias_act_bandwidth(
-        fast, batch, dtype, device, results["bias_act"][BANDWIDTH_SHAPE][fast]["fwd_ms"]))
+        fast, batch, dtype, device, results["bias_act"][BANDWIDTH_SHAPE][fast]["fwd_ms"], args.shrink))
 
     _print_table(results, impls, summary)
     print(json.dumps(summary))

@@ -50,19 +50,32 @@ def make_shards(root: Path, size: int, n: int) -> str:
     return out
 
 
-def run_case(root: Path, size: int, device: str, batch: int, arch: list[str], n_images: int) -> dict:
+class OutOfMemory(RuntimeError):
+    """The case ran out of GPU memory; ``shards`` can be reused at a smaller batch."""
+
+    def __init__(self, message: str, shards: str):
+        super().__init__(message)
+        self.shards = shards
+
+
+def run_case(root: Path, size: int, device: str, batch: int, arch: list[str], n_images: int,
+             shards: str | None = None) -> dict:
+    """Two ticks at ``batch``, the second timed; ``shards`` reuses a folder made before."""
     from launch import train_gan
 
     if device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"
-    shards = make_shards(root, size, n_images)
+    shards = shards or make_shards(root, size, n_images)
     tick_kimg = STEPS_PER_TICK * batch / 1000
     run_dir = root / f"run{size}"
     argv = [f"loader.data={shards}", f"run.dir={run_dir}", f"run.total_kimg={2 * tick_kimg}",
             f"run.tick_kimg={tick_kimg}", "run.ckpt_ticks=1000", "run.grid_size=4", f"optim.batch={batch}",
             "loader.workers=2", "ada.mode=fixed", "ada.p=0.2", *arch]
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = train_gan.main(argv)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = train_gan.main(argv)
+    except torch.cuda.OutOfMemoryError as e:
+        raise OutOfMemory(f"{size}px at batch {batch} ran out of GPU memory: {str(e)[:200]}", shards) from None
     if code != 0:
         raise RuntimeError(f"training failed for {size}px (exit {code}); see {run_dir}/log.txt")
     rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]

@@ -32,10 +32,12 @@ from benchmarks.train_gan import make_shards  # noqa: E402
 STEPS_PER_TICK = 16  # with r1_interval 16 and pl_interval 4 (the defaults): one R1 and four path-length steps
 
 
-def run_stage(root: Path, shards: str, stage: int, nproc: int, device: str, batch: int, arch: list[str]) -> dict:
-    """Two ticks of ``launch.train_gan`` at ``dist.zero_stage=stage``; the timed tick's figures."""
+def run_stage(root: Path, shards: str, stage: int, nproc: int, device: str, batch: int, arch: list[str],
+              steps: int | None = None) -> dict:
+    """Two ticks of ``steps`` steps (default STEPS_PER_TICK) of ``launch.train_gan`` at
+    ``dist.zero_stage=stage``; the timed tick's figures."""
     run_dir = root / f"run-{device}-zero{stage}"
-    tick_kimg = STEPS_PER_TICK * batch / 1000
+    tick_kimg = (steps or STEPS_PER_TICK) * batch / 1000
     argv = [f"loader.data={shards}", f"run.dir={run_dir}", f"run.total_kimg={2 * tick_kimg}",
             f"run.tick_kimg={tick_kimg}", "run.ckpt_ticks=1000", "run.export_ticks=0", "run.grid_size=4",
             f"optim.batch={batch}", "loader.workers=1", "loss.r1_interval=16", "loss.pl_interval=4",

@@ -11,7 +11,7 @@ from trainer.networks import Discriminator, Generator
 
 
 def test_quick_run_reports_forward_and_train_step(monkeypatch, capsys):
-    def tiny(res, device):
+    def tiny(res, device, arch=None):
         G = Generator(size=res, style_dim=8, n_mlp=1, channel_max=4).to(device)
         D = Discriminator(size=res, channel_max=4).to(device)
         return G, D, torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
