@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 PYTEST_ARGS ?=
 
-.PHONY: setup demo serve test test-all bench clean
+.PHONY: setup demo serve test test-all bench wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_encoder.py
 	$(PY) benchmarks/fid.py
 	$(PY) benchmarks/zero.py
+
+# Every package toonmix needs beside torch, for an offline GPU node (python -m launch.wheels
+# --help): CPython 3.12 manylinux x86_64 unless WHEELS_ARGS says otherwise, into wheels/.
+wheels: $(STAMP)
+	$(PY) -m launch.wheels --out wheels $(WHEELS_ARGS)
+
+# One CUDA GPU proven in about 8 minutes: build, CUDA tests, every headline benchmark, into
+# $(OUT)/results.json and log.txt (docs/gpu_check.md). No set-up step: it runs on .venv where
+# that exists, else on the node's own python3 (an image's torch plus the offline wheels).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+OUT ?= runs/gpu-check
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
