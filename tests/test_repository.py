@@ -131,3 +131,19 @@ def test_allowed_imports_are_not_reported():
                             "from trainer.networks import Generator\nfrom datasets.imageio import to_uint8\n") == []
     assert layer_violations("eval.cdsm", "from trainer.networks.swap import g_swap\nfrom .fid import measure\n") == []
     assert layer_violations("launch.demo", "from trainer.gan.loop import training_loop\n") == []
+
+
+def test_the_stated_torch_range_admits_this_torch_and_the_pin():
+    import tomllib
+
+    import torch
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch"]
+    assert Version(torch.__version__.split("+")[0]) in req.specifier
+    pin = next(line.split("==")[1].strip() for line in (ROOT / "requirements-build.txt").read_text().splitlines()
+               if line.startswith("torch=="))
+    assert Version(pin) in req.specifier and Version("2.11.0") in req.specifier  # the floor GPU images bring
+    assert "PyTorch 2.11 to 2.13" in (ROOT / "README.md").read_text().replace("\n  ", " ")
