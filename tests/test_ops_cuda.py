@@ -201,3 +201,121 @@ def test_load_time_probes_pass_on_this_gpu():
     x = torch.randn(1, 2, 8, 8, device="cuda")
     bias_act.bias_act(upfirdn2d.filter2d(x, upfirdn2d.setup_filter([1, 2, 1], device="cuda")), act="lrelu")
     assert ops.last_impl("upfirdn2d") == "cuda" and ops.last_impl("bias_act") == "cuda"
+
+
+# ---------------------------------------------------------------------------
+# Streams, graphs, devices, extreme shapes, and speed.
+
+def test_side_stream_and_cuda_graph_capture():
+    """The kernels run on the caller's current stream (a side stream, a graph being captured):
+    a replay after the input changes in place gives the reference's result for the new input."""
+    f = _setup_f("binomial4")
+    b = torch.randn(16, device="cuda")
+    x = torch.randn(2, 16, 20, 24, device="cuda")
+
+    def both(impl, t):
+        return bias_act.bias_act(upfirdn2d.upsample2d(t, f, impl=impl), b, act="lrelu", clamp=1.5, impl=impl)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = both("cuda", x)  # also the warm-up a capture needs (builds, allocator)
+    side.synchronize()
+    assert_close_tol(y, both("ref", x), torch.float32)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = both("cuda", x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close_tol(y_static, both("ref", x), torch.float32)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_input_on_another_gpu_than_the_current_one():
+    f = _setup_f("binomial4").to("cuda:1")
+    x = torch.randn(2, 8, 17, 19, device="cuda:1")
+    b = torch.randn(8, device="cuda:1")
+    with torch.cuda.device(0):
+        y = bias_act.bias_act(upfirdn2d.downsample2d(x, f, impl="cuda"), b, act="lrelu", impl="cuda")
+    assert y.device == x.device
+    assert_close_tol(y, bias_act.bias_act(upfirdn2d.downsample2d(x, f, impl="ref"), b, act="lrelu", impl="ref"),
+                     torch.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_act_backward_on_channels_last_and_mixed_strides(dtype):
+    base = torch.randn(2, 16, 12, 10, device="cuda").to(dtype)
+    b = torch.randn(16, device="cuda").to(dtype)
+    for x in (base.to(memory_format=torch.channels_last), base.permute(0, 1, 3, 2), base[:, :, ::2, 1:]):
+        grads = {}
+        for impl, dt in (("cuda", dtype), ("ref", torch.float32)):
+            xi, bi = x.to(dt).detach().requires_grad_(), b.to(dt).detach().requires_grad_()
+            y = bias_act.bias_act(xi, bi, act="lrelu", clamp=1.0, impl=impl)
+            dy = torch.cos(torch.arange(y.numel(), device="cuda", dtype=torch.float32)).reshape(y.shape).to(dt)
+            grads[impl] = torch.autograd.grad(y, (xi, bi), dy)
+        for got, want in zip(grads["cuda"], grads["ref"]):
+            assert_close_tol(got, want, dtype)
+
+
+@pytest.mark.parametrize("taps,up,down", [(64, 1, 1), (64, 4, 1), (32, 1, 4), (48, 4, 4)])
+def test_upfirdn2d_largest_filters_and_factors(taps, up, down):
+    """Filters up to the kernel's 64 taps a side with large factors: the tile plan's shared-memory
+    bound (48 KB) shrinks the tiles; results still match the reference."""
+    torch.manual_seed(taps + up)
+    f = torch.rand(taps, taps, device="cuda") + 0.1
+    x = torch.randn(1, 3, 70, 90, device="cuda")
+    pad = (taps // 2, taps // 2 - 1)
+    for dtype in DTYPES:
+        y = upfirdn2d.upfirdn2d(x.to(dtype), f, up=up, down=down, padding=pad, impl="cuda")
+        assert_close_tol(y, upfirdn2d.upfirdn2d(x.to(dtype).float(), f, up=up, down=down, padding=pad, impl="ref"), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_at_large_shapes(dtype):
+    f = _setup_f("binomial4")
+    x = torch.randn(4, 32, 513, 513, device="cuda").to(dtype)
+    for kw in (dict(padding=1), dict(up=2, padding=(2, 1)), dict(down=2, padding=(1, 1))):
+        y = upfirdn2d.upfirdn2d(x, f, impl="cuda", **kw)
+        assert_close_tol(y, upfirdn2d.upfirdn2d(x.float(), f, impl="ref", **kw), dtype)
+    b = torch.randn(32, device="cuda").to(dtype)
+    assert_close_tol(bias_act.bias_act(x, b, act="lrelu", clamp=256.0, impl="cuda"),
+                     bias_act.bias_act(x.float(), b.float(), act="lrelu", clamp=256.0, impl="ref"), dtype)
+
+
+@pytest.mark.slow
+def test_upfirdn2d_past_2_31_elements():
+    """An fp16 input of more than 2^31 elements (4 GiB): the kernel's 64-bit offsets reach the
+    last plane, checked against the reference on that plane alone (planes are independent)."""
+    f = _setup_f("binomial4")
+    x = torch.randn(1, 2049, 1024, 1024, device="cuda", dtype=torch.float16)
+    assert x.numel() > 2**31
+    y = upfirdn2d.filter2d(x, f, padding=1, impl="cuda")
+    assert_close_tol(y[:, -1:], upfirdn2d.filter2d(x[:, -1:].float(), f, padding=1, impl="ref"), torch.float16)
+
+
+def _median_ms(fn, reps: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def test_cuda_is_faster_than_ref_at_benchmark_shapes():
+    """Forward + backward at three shapes of a 1024 px step (benchmarks/ops.py; batch 1): the
+    reason the kernels exist. The 3x target is the benchmark's, not this test's."""
+    f = _setup_f("binomial4")
+    x = torch.randn(1, 32, 1024, 1024, device="cuda", requires_grad=True)
+    b = torch.randn(32, device="cuda")
+    cases = {"blur": lambda impl: upfirdn2d.filter2d(x, f, padding=1, impl=impl),
+             "up": lambda impl: upfirdn2d.upsample2d(x[:, :3, :512, :512], f, impl=impl),
+             "bias_act": lambda impl: bias_act.bias_act(x, b, act="lrelu", impl=impl)}
+    for name, op in cases.items():
+        ms = {impl: _median_ms(lambda: torch.autograd.grad(op(impl).square().sum(), x)) for impl in ("cuda", "ref")}
+        assert ms["cuda"] < ms["ref"], (name, ms)
