@@ -80,7 +80,7 @@ def step_ops(device: str, tiny: bool, work: Path) -> dict:
     from benchmarks import ops as bench
 
     args = ["--device", device, "--batch", "1" if tiny else "4"]
-    args += ["--shrink", "32", "--reps", "1"] if tiny else ["--reps", "20"]
+    args += ["--shrink", "32", "--reps", "1"] if tiny else ["--reps", "10"]
     s = bench.main(args)
     out = {f"{op}_{impl}_{k}": v for op, per in s["totals_ms"].items() for impl, d in per.items() for k, v in d.items()}
     out.update({f"{op}_speedup_{k.replace('_ms', '')}": v
@@ -99,7 +99,7 @@ def step_networks(device: str, tiny: bool, work: Path) -> dict:
     dev = torch.device(device)
     impls = ["ref", "cuda"] if device == "cuda" else ["ref"]
     precisions = {"": {}, "_fp16": {"num_fp16_res": 4}} if device == "cuda" else {"": {}}
-    res, batch, warmup, reps, arch = (16, 2, 0, 1, TINY_NET) if tiny else (1024, 4, 1, 5, {})
+    res, batch, warmup, reps, arch = (16, 2, 0, 1, TINY_NET) if tiny else (1024, 4, 1, 3, {})
     out = {}
     for impl in impls:
         for tag, prec in precisions.items():
