@@ -13,6 +13,7 @@ code ran, not how fast anything is.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import re
@@ -126,7 +127,11 @@ def step_train_gan(device: str, tiny: bool, work: Path) -> dict:
         except bench.OutOfMemory as e:
             shards = e.shards
             print(f"[gpu_check] batch {batch} does not fit: {e}", file=sys.stderr)
-            torch.cuda.empty_cache()
+        # Outside the handler, so the failed attempt's frames are gone: free its memory and its
+        # peak, which the next attempt's figure would otherwise report.
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     raise RuntimeError("1024 px training did not fit at batch 8")
 
 

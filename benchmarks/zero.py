@@ -42,7 +42,8 @@ def run_stage(root: Path, shards: str, stage: int, nproc: int, device: str, batc
             f"run.tick_kimg={tick_kimg}", "run.ckpt_ticks=1000", "run.export_ticks=0", "run.grid_size=4",
             f"optim.batch={batch}", "loader.workers=1", "loss.r1_interval=16", "loss.pl_interval=4",
             "ada.mode=fixed", "ada.p=0.2", f"dist.zero_stage={stage}", *arch]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if device == "cpu":
         env["ACCELERATE_USE_CPU"] = "1"
     else:

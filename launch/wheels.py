@@ -132,7 +132,10 @@ def download(plan: list[tuple[str, str | None]], out: Path, python_version: str,
     for name in [n for n, k in kinds.items() if k == "sdist"]:
         print(f"[wheels] no {platform} wheel for Python {python_version}: {specs[name]} as its source archive",
               file=sys.stderr, flush=True)
-        r = subprocess.run(base + ["--no-binary=:all:", specs[name]], stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        # Still for the target Python (a release that does not support it must fail here, not on
+        # the node); only this package from source, its build tools as wheels.
+        source = ["--no-binary", name, "--python-version", python_version, "--implementation", "cp"]
+        r = subprocess.run(base + source + [specs[name]], stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{specs[name]}: neither a wheel nor a source archive could be downloaded:\n"
                                f"{r.stderr.strip()[-2000:]}")
@@ -163,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: this environment differs from {args.requirements.name} ({drift}); run `make setup` first",
               file=sys.stderr)
         return 2
-    plan = [(n, v) for n, v in wanted.items()] + [(n, None) for n in missing]
+    plan = [(n, v) for n, v in wanted.items()] + [(n, pins.get(n)) for n in missing]
     print(f"[wheels] {len(plan)} packages for CPython {args.python_version} on {args.platform}, without "
           f"{', '.join(sorted(NODE_HAS))}", file=sys.stderr)
     if missing:
-        print(f"[wheels] not installed here, so fetched at their newest and their own needs not followed: "
+        print(f"[wheels] not installed here, so fetched at their pin or newest, their own needs not followed: "
               f"{', '.join(missing)}", file=sys.stderr)
     if args.dry_run:
         for n, v in plan:

@@ -63,6 +63,12 @@ def test_failures_and_timeouts_are_recorded_and_the_rest_runs(tmp_path, monkeypa
     assert nets["status"] == "timeout" and nets["seconds"] < 10
     assert fid["status"] == "ok" and res["fid.figure"] == 1.5 and res["fid.step"] == "fid"
     assert "RuntimeError: kernel exploded" in (tmp_path / "g" / "log.txt").read_text()
+    # A second run into the same folder starts each step from an empty work folder.
+    stale = tmp_path / "g" / "work" / "fid" / "stale.txt"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("from the run before")
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "g"), "--steps", "fid"]) == 0
+    assert not stale.exists()
 
 
 def test_no_gpu_exits_2_with_the_reason(tmp_path, monkeypatch, capsys):
