@@ -41,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.cases import child_env  # noqa: E402
 
 STEP_SCRIPT = ROOT / "benchmarks" / "gpu_steps.py"
 STOP_GRACE_S = 20  # after SIGTERM at a time box, before SIGKILL
@@ -73,12 +74,7 @@ def run_step(name: str, box: float, args, log) -> dict:
     shutil.rmtree(work, ignore_errors=True)  # a rerun into the same OUT measures afresh
     cmd = [sys.executable, str(STEP_SCRIPT), name, "--work", str(work), "--device", args.device]
     cmd += ["--tiny"] if args.tiny else []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "TOONMIX_EXTENSIONS_DIR": str(args.out / "extensions")}
-    if args.device == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        env.pop("ACCELERATE_USE_CPU", None)
+    env = child_env(args.device, TOONMIX_EXTENSIONS_DIR=str(args.out / "extensions"))
     log.write(f"\n===== {name} (time box {box:.0f} s): {' '.join(cmd)}\n")
     log.flush()
     start = time.perf_counter()

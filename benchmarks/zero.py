@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.cases import finish  # noqa: E402
+from benchmarks.cases import child_env, finish  # noqa: E402
 from benchmarks.train_gan import make_shards  # noqa: E402
 
 STEPS_PER_TICK = 16  # with r1_interval 16 and pl_interval 4 (the defaults): one R1 and four path-length steps
@@ -42,12 +42,7 @@ def run_stage(root: Path, shards: str, stage: int, nproc: int, device: str, batc
             f"run.tick_kimg={tick_kimg}", "run.ckpt_ticks=1000", "run.export_ticks=0", "run.grid_size=4",
             f"optim.batch={batch}", "loader.workers=1", "loss.r1_interval=16", "loss.pl_interval=4",
             "ada.mode=fixed", "ada.p=0.2", f"dist.zero_stage={stage}", *arch]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if device == "cpu":
-        env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        env.pop("ACCELERATE_USE_CPU", None)
+    env = child_env(device, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "launch.train_gan", *argv]
     print(f"[zero] {device} {nproc} process(es), zero_stage={stage} ...", file=sys.stderr, flush=True)
